@@ -1,0 +1,1 @@
+"""The DICOM node: networking, the spool, study assembly, jobs and delivery."""
