@@ -1,0 +1,23 @@
+"""Exceptions raised by the writers."""
+
+from __future__ import annotations
+
+
+class OutputValidationError(Exception):
+    """A generated SEG, SR or Secondary Capture object that failed validation.
+
+    An object that raises this is never sent. The message contains the
+    validator's own output, so that the administrator sees which attribute
+    was rejected.
+
+    Parameters
+    ----------
+    message : str
+        The validator's name and its message.
+    validator : str
+        Which check failed: ``"dciodvfy"``, ``"highdicom"`` or ``"dsrdump"``.
+    """
+
+    def __init__(self, message: str, *, validator: str = "") -> None:
+        super().__init__(message)
+        self.validator = validator

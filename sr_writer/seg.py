@@ -1,0 +1,158 @@
+"""DICOM Segmentation of the tumour on the CE-T1 images (PS3.3 A.51)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+import pydicom
+
+from inference.result import PipelineResult
+
+from . import codes
+from .common import (
+    contributing_equipment,
+    model_label,
+    segmentation_model,
+    specific_character_set,
+)
+from .options import WriterOptions
+
+logger = logging.getLogger(__name__)
+
+SEGMENT_NUMBER = 1
+SEGMENT_LABEL = "Tumour (primary)"
+TRACKING_ID = "Primary tumour"
+
+# Recommended display colour: a saturated red, CIELab L*=53 a*=80 b*=67
+# (sRGB 255, 0, 0), the colour the Secondary Capture outline also uses.
+TUMOUR_COLOUR = hd.color.CIELabColor(53.24, 80.09, 67.20)
+
+
+def tracking_uid(seg_instance_uid: str) -> str:
+    """Return the segment's Tracking UID, shared with the SR's measurement group."""
+    return pydicom.uid.generate_uid(prefix=None, entropy_srcs=[seg_instance_uid, "segment-1"])
+
+
+def build_segmentation(
+    result: PipelineResult,
+    ce_t1: Sequence[pydicom.Dataset],
+    options: WriterOptions,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+) -> hd.seg.Segmentation:
+    """Build a BINARY SEG of the tumour mask on the CE-T1 source images.
+
+    Parameters
+    ----------
+    result : PipelineResult
+        The run; ``result.segmentation.mask`` must contain tumour voxels,
+        because a SEG without any segmented voxel is invalid.
+    ce_t1 : sequence of pydicom.Dataset
+        CE-T1 headers in the mask's slice order.
+    options : WriterOptions
+        Node identity and the choice to omit empty frames.
+    series_instance_uid, sop_instance_uid : str
+        UIDs of the new object.
+    series_number : int
+        SeriesNumber of the new series.
+
+    Raises
+    ------
+    ValueError
+        If the mask is empty or its shape does not match the source images.
+    """
+    mask = _checked_mask(result, ce_t1)
+    model = segmentation_model(result)
+
+    description = hd.seg.SegmentDescription(
+        segment_number=SEGMENT_NUMBER,
+        segment_label=SEGMENT_LABEL,
+        segmented_property_category=codes.TUMOUR_CATEGORY,
+        segmented_property_type=codes.TUMOUR_TYPE,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=model.name,
+            version=model.version,
+            family=codes.ALGORITHM_FAMILY,
+            source=options.manufacturer,
+        ),
+        tracking_uid=tracking_uid(sop_instance_uid),
+        tracking_id=TRACKING_ID,
+        anatomic_regions=[codes.TONGUE],
+        display_color=TUMOUR_COLOUR,
+    )
+
+    seg = hd.seg.Segmentation(
+        source_images=list(ce_t1),
+        pixel_array=mask,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer=options.manufacturer,
+        manufacturer_model_name=options.manufacturer_model_name,
+        software_versions=options.software_versions,
+        device_serial_number=options.device_serial_number,
+        content_description="Tumour segmented by an algorithm",
+        content_label="TUMOUR",
+        omit_empty_frames=options.omit_empty_frames,
+        contributing_equipment=[contributing_equipment(options)],
+        series_description=f"AI tumour SEG ({model_label(model)})"[:64],
+        specific_character_set=specific_character_set(ce_t1[0]),
+        coding_schemes=[codes.private_scheme_item()],
+    )
+    _add_site_attributes(seg, options)
+    _note_superseded(seg, options)
+    logger.info(
+        "built SEG %s with %d frames for study %s",
+        sop_instance_uid, int(seg.NumberOfFrames), result.study_instance_uid,
+    )
+    return seg
+
+
+def _checked_mask(result: PipelineResult, ce_t1: Sequence[pydicom.Dataset]) -> np.ndarray:
+    mask = np.asarray(result.segmentation.mask)
+    if mask.ndim != 3:
+        raise ValueError(f"segmentation mask must be 3-D [z, y, x], got shape {mask.shape}")
+    if not mask.any():
+        raise ValueError(
+            "segmentation mask is empty; a SEG needs at least one tumour voxel, "
+            "so report 'no tumour found' in the SR alone"
+        )
+    first = ce_t1[0]
+    expected = (len(ce_t1), int(first.Rows), int(first.Columns))
+    if mask.shape != expected:
+        raise ValueError(
+            f"segmentation mask shape {mask.shape} does not match the CE-T1 source "
+            f"images {expected} (slices, rows, columns); pass the mask on the CE-T1 grid"
+        )
+    return (mask > 0).astype(np.uint8)
+
+
+def _add_site_attributes(seg: hd.seg.Segmentation, options: WriterOptions) -> None:
+    # General Equipment module (PS3.3 C.7.5.1), type 3 attributes.
+    if options.institution_name:
+        seg.InstitutionName = options.institution_name
+    if options.station_name:
+        seg.StationName = options.station_name
+
+
+def _note_superseded(seg: hd.seg.Segmentation, options: WriterOptions) -> None:
+    # The SEG IOD has no attribute that names a predecessor, unlike the SR's
+    # PredecessorDocumentsSequence. ImageComments (General Image module) is
+    # the standard free-text place a viewer shows, so the replaced SEGs are
+    # named there; the SR also lists them as evidence of replacement.
+    replaced = [
+        item.sop_instance_uid
+        for item in options.superseded_objects
+        if item.sop_class_uid == pydicom.uid.SegmentationStorage
+    ]
+    if replaced:
+        seg.ImageComments = ("Replaces SEG " + ", ".join(replaced))[:10240]

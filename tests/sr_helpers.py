@@ -1,0 +1,290 @@
+"""Synthetic MR studies and pipeline results for the sr_writer tests.
+
+The studies are small (64 x 64 x 8 by default) and built from scratch with
+pydicom, so that the tests control the orientation, the character set and
+the patient's name exactly.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from inference.result import (
+    GridGeometry,
+    ModelIdentity,
+    NomogramResult,
+    PipelineResult,
+    RadiomicsResult,
+    Segmentation,
+    SequenceRole,
+    SeriesUsed,
+)
+
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+# Column cosine pointing anterior: rows run from the feet side of a
+# flipped acquisition, as some scanners store a reversed phase direction.
+NEGATED_COLUMNS = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+_C, _S = np.cos(np.radians(20.0)), np.sin(np.radians(20.0))
+OBLIQUE = (1.0, 0.0, 0.0, 0.0, float(_C), float(-_S))
+
+
+@dataclass
+class SyntheticStudy:
+    """A synthetic study: its input datasets by role and a pipeline result on them."""
+
+    sources: dict[SequenceRole, list[pydicom.Dataset]]
+    result: PipelineResult
+
+
+def tumour_mask(shape: tuple[int, int, int]) -> np.ndarray:
+    """Return an off-centre ellipsoid ``uint8`` mask indexed [z, y, x], asymmetric in every axis."""
+    z, y, x = np.indices(shape)
+    depth, rows, columns = shape
+    centre = (depth * 0.45, rows * 0.4, columns * 0.6)
+    radii = (max(depth * 0.25, 1.0), rows * 0.15, columns * 0.1)
+    inside = sum(((axis - c) / r) ** 2 for axis, c, r in zip((z, y, x), centre, radii)) <= 1.0
+    return inside.astype(np.uint8)
+
+
+def make_series(
+    *,
+    study_uid: str,
+    role: SequenceRole,
+    shape: tuple[int, int, int],
+    orientation: Sequence[float],
+    spacing: tuple[float, float, float],
+    patient_name: str,
+    character_set: str,
+    frame_of_reference_uid: str,
+    series_number: int,
+    mask: np.ndarray | None = None,
+) -> list[pydicom.Dataset]:
+    """Build one single-frame MR series, slice 0 first, with a bright blob where ``mask`` is set."""
+    depth, rows, columns = shape
+    row_cosine = np.array(orientation[:3])
+    column_cosine = np.array(orientation[3:])
+    normal = np.cross(row_cosine, column_cosine)
+    origin = np.array([-25.0, -30.0, 40.0])
+    series_uid = generate_uid()
+    rng = np.random.default_rng(series_number)
+    datasets = []
+    for k in range(depth):
+        pixels = rng.integers(200, 400, size=(rows, columns), dtype=np.uint16)
+        if mask is not None:
+            pixels[mask[k] > 0] += 800
+        position = origin + k * spacing[2] * normal
+        datasets.append(
+            _mr_slice(
+                study_uid=study_uid,
+                series_uid=series_uid,
+                role=role,
+                position=position,
+                orientation=orientation,
+                spacing=spacing,
+                pixels=pixels,
+                instance_number=k + 1,
+                patient_name=patient_name,
+                character_set=character_set,
+                frame_of_reference_uid=frame_of_reference_uid,
+                series_number=series_number,
+            )
+        )
+    return datasets
+
+
+def _mr_slice(
+    *,
+    study_uid: str,
+    series_uid: str,
+    role: SequenceRole,
+    position: np.ndarray,
+    orientation: Sequence[float],
+    spacing: tuple[float, float, float],
+    pixels: np.ndarray,
+    instance_number: int,
+    patient_name: str,
+    character_set: str,
+    frame_of_reference_uid: str,
+    series_number: int,
+) -> pydicom.Dataset:
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    ds.SpecificCharacterSet = character_set
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = frame_of_reference_uid
+    ds.PositionReferenceIndicator = ""
+    ds.Modality = "MR"
+    ds.PatientName = patient_name
+    ds.PatientID = "SYN0001"
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "F"
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20260101"
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "101500"
+    ds.StudyID = "1"
+    ds.AccessionNumber = "ACC1"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "MR tongue"
+    ds.SeriesDescription = {"ce_t1": "T1 FS +C", "t2": "T2 TSE", "t1": "T1 TSE"}[role.value]
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = instance_number
+    ds.Manufacturer = "Synthetic"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.ScanningSequence = "SE"
+    ds.SequenceVariant = "NONE"
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = "2D"
+    ds.EchoTrainLength = 1
+    ds.RepetitionTime = 500.0
+    ds.EchoTime = 10.0
+    ds.MagneticFieldStrength = 3.0
+    ds.SliceThickness = spacing[2]
+    ds.SpacingBetweenSlices = spacing[2]
+    ds.ImagePositionPatient = [float(v) for v in position]
+    ds.ImageOrientationPatient = [float(v) for v in orientation]
+    ds.PixelSpacing = [spacing[1], spacing[0]]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def make_models(is_demo: bool = True) -> list[ModelIdentity]:
+    """Return a segmentation model and a nomogram model identity."""
+    training = "synthetic phantoms" if is_demo else "institutional cohort"
+    return [
+        ModelIdentity(
+            name="otscc-unet",
+            version="0.1.0",
+            kind="segmentation",
+            sha256="a" * 64,
+            is_demo=is_demo,
+            training_data=training,
+            intended_use="research",
+        ),
+        ModelIdentity(
+            name="otscc-nomogram",
+            version="0.1.0",
+            kind="nomogram",
+            sha256="b" * 64,
+            is_demo=is_demo,
+            training_data=training,
+            intended_use="research",
+        ),
+    ]
+
+
+def make_study(
+    *,
+    shape: tuple[int, int, int] = (8, 64, 64),
+    orientation: Sequence[float] = AXIAL,
+    spacing: tuple[float, float, float] = (0.8, 0.8, 3.0),
+    patient_name: str = "Doe^Jane",
+    character_set: str = "ISO_IR 192",
+    empty: bool = False,
+    probability: float | None = 0.42,
+    missing_inputs: Sequence[str] = ("depth_of_invasion_mm",),
+    is_demo: bool = True,
+) -> SyntheticStudy:
+    """Build a three-series synthetic study and a PipelineResult whose mask lies on its CE-T1 series."""
+    study_uid = generate_uid()
+    frame_uid = generate_uid()
+    mask = np.zeros(shape, np.uint8) if empty else tumour_mask(shape)
+    sources = {}
+    for number, role in enumerate(SequenceRole, start=3):
+        sources[role] = make_series(
+            study_uid=study_uid,
+            role=role,
+            shape=shape,
+            orientation=orientation,
+            spacing=spacing,
+            patient_name=patient_name,
+            character_set=character_set,
+            frame_of_reference_uid=frame_uid,
+            series_number=number,
+            mask=mask,
+        )
+    result = _result(study_uid, sources, mask, orientation, spacing, probability, missing_inputs, is_demo)
+    return SyntheticStudy(sources=sources, result=result)
+
+
+def _result(
+    study_uid: str,
+    sources: dict[SequenceRole, list[pydicom.Dataset]],
+    mask: np.ndarray,
+    orientation: Sequence[float],
+    spacing: tuple[float, float, float],
+    probability: float | None,
+    missing_inputs: Sequence[str],
+    is_demo: bool,
+) -> PipelineResult:
+    ce_t1 = sources[SequenceRole.CE_T1]
+    row_cosine = np.array(orientation[:3])
+    column_cosine = np.array(orientation[3:])
+    direction = np.column_stack([row_cosine, column_cosine, np.cross(row_cosine, column_cosine)])
+    geometry = GridGeometry(
+        origin=tuple(float(v) for v in ce_t1[0].ImagePositionPatient),
+        spacing=spacing,
+        direction=tuple(float(v) for v in direction.ravel()),
+        size=(mask.shape[2], mask.shape[1], mask.shape[0]),
+    )
+    voxel_volume = float(np.prod(spacing))
+    series = {
+        role: SeriesUsed(
+            role=role,
+            series_instance_uid=str(datasets[0].SeriesInstanceUID),
+            sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
+            frame_of_reference_uid=str(datasets[0].FrameOfReferenceUID),
+            series_description=str(datasets[0].SeriesDescription),
+        )
+        for role, datasets in sources.items()
+    }
+    empty = not mask.any()
+    nomogram = None
+    if not empty:
+        nomogram = NomogramResult(
+            probability=probability,
+            risk_group=None if probability is None else ("high" if probability >= 0.35 else "low"),
+            cutoff=0.35,
+            radiomics_score=1.234,
+            missing_inputs=list(missing_inputs),
+            imputed_inputs=list(missing_inputs) if probability is not None else [],
+        )
+    return PipelineResult(
+        study_instance_uid=study_uid,
+        series=series,
+        segmentation=Segmentation(
+            mask=mask,
+            geometry=geometry,
+            source_sop_instance_uids=series[SequenceRole.CE_T1].sop_instance_uids,
+            volume_mm3=float(mask.sum()) * voxel_volume,
+            max_diameter_mm=0.0 if empty else 19.5,
+        ),
+        radiomics=RadiomicsResult(status="skipped" if empty else "ok"),
+        nomogram=nomogram,
+        models=make_models(is_demo),
+        notes=[],
+        stage_seconds={"segmentation": 1.0},
+    )
+
+
+def creation_date() -> str:
+    """Return today's date as DICOM DA, for checks on generated timestamps."""
+    return datetime.date.today().strftime("%Y%m%d")
