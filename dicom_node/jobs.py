@@ -159,21 +159,29 @@ def claim_next_queued(session: Session, worker: str) -> Job | None:
     The claim is a compare-and-set on the state, so two workers, in one
     process or several, never run the same job.
     """
-    candidates = session.scalars(
-        select(Job.id).where(Job.state == JobState.QUEUED).order_by(Job.queued_at, Job.id).limit(5)
-    ).all()
-    for job_id in candidates:
-        claimed = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == JobState.QUEUED)
-            .values(worker=worker)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if claimed:
-            job = session.get(Job, job_id, populate_existing=True)
-            transition(session, job, JobState.RUNNING, reason="picked up by worker", details={"worker": worker})
-            return job
-    return None
+    # Ids another worker took between the query and the compare-and-set are
+    # excluded from the next query, so a lost race on a whole batch moves on
+    # to the next batch instead of reporting an empty queue.
+    lost: set[int] = set()
+    while True:
+        query = select(Job.id).where(Job.state == JobState.QUEUED)
+        if lost:
+            query = query.where(Job.id.not_in(lost))
+        candidates = session.scalars(query.order_by(Job.queued_at, Job.id).limit(5)).all()
+        if not candidates:
+            return None
+        for job_id in candidates:
+            claimed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.QUEUED)
+                .values(worker=worker)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if claimed:
+                job = session.get(Job, job_id, populate_existing=True)
+                transition(session, job, JobState.RUNNING, reason="picked up by worker", details={"worker": worker})
+                return job
+            lost.add(job_id)
 
 
 def recover_interrupted(session: Session) -> list[int]:
