@@ -100,9 +100,7 @@ def extract_tumour_features(
             f"images must contain {SequenceRole.CE_T1.label} but has {[r.value for r in images]}. "
             "Pass the CE-T1 series that the mask was drawn on."
         )
-    extractor = featureextractor.RadiomicsFeatureExtractor(
-        str(params_path or DEFAULT_PARAMS_PATH)
-    )
+    extractor = featureextractor.RadiomicsFeatureExtractor(str(params_path or DEFAULT_PARAMS_PATH))
     label = int(extractor.settings.get("label", 1))
     all_classes = dict(extractor.enabledFeatures)
 

@@ -25,7 +25,9 @@ def _image(seed: int, mask_array: np.ndarray) -> sitk.Image:
 
 def _lesion_mask_array(radius_mm: float = 8.0) -> np.ndarray:
     z, y, x = np.mgrid[0 : SHAPE_ZYX[0], 0 : SHAPE_ZYX[1], 0 : SHAPE_ZYX[2]]
-    distance = np.sqrt(((x - 32) * SPACING[0]) ** 2 + ((y - 32) * SPACING[1]) ** 2 + ((z - 4) * SPACING[2]) ** 2)
+    distance = np.sqrt(
+        ((x - 32) * SPACING[0]) ** 2 + ((y - 32) * SPACING[1]) ** 2 + ((z - 4) * SPACING[2]) ** 2
+    )
     return (distance < radius_mm).astype(np.uint8)
 
 
@@ -54,7 +56,15 @@ def test_feature_names_carry_sequence_prefix(study) -> None:
     for name in result.features:
         role, _, rest = name.partition("_original_")
         assert role in {r.value for r in SequenceRole}
-        assert rest.split("_")[0] in {"shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"}
+        assert rest.split("_")[0] in {
+            "shape",
+            "firstorder",
+            "glcm",
+            "glrlm",
+            "glszm",
+            "gldm",
+            "ngtdm",
+        }
     shape_roles = {name.split("_original_")[0] for name in result.features if "_shape_" in name}
     assert shape_roles == {"ce_t1"}
     assert all(np.isfinite(value) for value in result.features.values())
@@ -66,7 +76,11 @@ def test_sequences_get_same_feature_set(study) -> None:
     result = extract_tumour_features(images, mask)
 
     per_role = {
-        role.value: {n.removeprefix(role.value + "_") for n in result.features if n.startswith(role.value + "_")}
+        role.value: {
+            n.removeprefix(role.value + "_")
+            for n in result.features
+            if n.startswith(role.value + "_")
+        }
         for role in SequenceRole
     }
     shape = {n for n in per_role["ce_t1"] if n.startswith("original_shape_")}
@@ -172,4 +186,7 @@ def test_nonbinary_mask_values_count_as_tumour(study) -> None:
     images, mask = study
     relabelled = sitk.Cast(mask, sitk.sitkUInt8) * 7
 
-    assert extract_tumour_features(images, relabelled).features == extract_tumour_features(images, mask).features
+    assert (
+        extract_tumour_features(images, relabelled).features
+        == extract_tumour_features(images, mask).features
+    )
