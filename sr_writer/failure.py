@@ -7,11 +7,10 @@ from collections.abc import Collection
 
 import highdicom as hd
 import pydicom
-from pydicom.uid import generate_uid
 
 from . import codes
 from .common import contributing_equipment, specific_character_set
-from .identity import OutputKind, allocate_series_numbers
+from .identity import OutputKind, allocate_series_numbers, stable_uid
 from .options import WriterOptions
 from .sr import (
     add_equipment_attributes,
@@ -77,7 +76,7 @@ def build_failure_report(
         observation_context=observation_context(options),
         procedure_reported=codes.PROCEDURE_REPORTED,
         imaging_measurements=[
-            outcome_group(codes.NONE_SUCCEEDED, generate_uid(prefix=None, entropy_srcs=[*entropy, "outcome"]))
+            outcome_group(codes.NONE_SUCCEEDED, stable_uid(*entropy, "outcome"))
         ],
     )
     statements = [
@@ -91,9 +90,9 @@ def build_failure_report(
     sr = hd.sr.ComprehensiveSR(
         evidence=[reference],
         content=report[0],
-        series_instance_uid=generate_uid(prefix=None, entropy_srcs=[*entropy, "series"]),
+        series_instance_uid=stable_uid(*entropy, "series"),
         series_number=number,
-        sop_instance_uid=generate_uid(prefix=None, entropy_srcs=[*entropy, "instance"]),
+        sop_instance_uid=stable_uid(*entropy, "instance"),
         instance_number=1,
         manufacturer=options.manufacturer,
         institution_name=options.institution_name or None,

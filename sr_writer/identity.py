@@ -2,21 +2,31 @@
 
 A re-run on the same inputs with the same model must send the same objects,
 so that a PACS stores one copy and not a new series per retry. The UIDs are
-therefore derived from the inputs with :func:`pydicom.uid.generate_uid`,
-which hashes its entropy sources into a ``2.25`` UUID-derived UID
-(PS3.5 section B.2).
+therefore name-based (SHA-1, version 5) UUIDs of the inputs, written as
+``2.25.<decimal UUID>`` UIDs (PS3.5 section B.2). pydicom's ``generate_uid``
+is not used because it ignores its entropy sources when asked for a ``2.25``
+UID (pydicom 3.0).
 """
 
 from __future__ import annotations
 
 import enum
+import uuid
 from collections.abc import Collection, Iterable
-
-from pydicom.uid import generate_uid
 
 from inference.result import ModelIdentity, PipelineResult
 
 from .options import WriterOptions
+
+
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_OID, "otscc-node")
+
+
+def stable_uid(*parts: str) -> str:
+    """Return the ``2.25`` UID of the name-based UUID of ``parts``; equal parts give equal UIDs."""
+    # The unit separator keeps ("ab", "c") and ("a", "bc") apart.
+    name = "\x1f".join(parts)
+    return f"2.25.{uuid.uuid5(_NAMESPACE, name).int}"
 
 
 class OutputKind(enum.Enum):
@@ -50,8 +60,8 @@ def _model_entropy(models: Iterable[ModelIdentity]) -> list[str]:
 
 def derive_uids(entropy: list[str], kind: OutputKind) -> tuple[str, str]:
     """Return (SeriesInstanceUID, SOPInstanceUID) for one output object."""
-    series_uid = generate_uid(prefix=None, entropy_srcs=[*entropy, kind.value, "series"])
-    instance_uid = generate_uid(prefix=None, entropy_srcs=[*entropy, kind.value, "instance"])
+    series_uid = stable_uid(*entropy, kind.value, "series")
+    instance_uid = stable_uid(*entropy, kind.value, "instance")
     return series_uid, instance_uid
 
 
@@ -59,13 +69,8 @@ def device_uid(options: WriterOptions) -> str:
     """Return the Device Observer UID: the configured one, or one derived from the node's identity."""
     if options.device_uid:
         return options.device_uid
-    return generate_uid(
-        prefix=None,
-        entropy_srcs=[
-            options.manufacturer,
-            options.manufacturer_model_name,
-            options.device_serial_number,
-        ],
+    return stable_uid(
+        "device", options.manufacturer, options.manufacturer_model_name, options.device_serial_number
     )
 
 

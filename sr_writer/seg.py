@@ -18,6 +18,7 @@ from .common import (
     segmentation_model,
     specific_character_set,
 )
+from .identity import stable_uid
 from .options import WriterOptions
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ TUMOUR_COLOUR = hd.color.CIELabColor(53.24, 80.09, 67.20)
 
 def tracking_uid(seg_instance_uid: str) -> str:
     """Return the segment's Tracking UID, shared with the SR's measurement group."""
-    return pydicom.uid.generate_uid(prefix=None, entropy_srcs=[seg_instance_uid, "segment-1"])
+    return stable_uid(seg_instance_uid, "segment-1")
 
 
 def build_segmentation(

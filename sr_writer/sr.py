@@ -32,7 +32,7 @@ from .common import (
     segmentation_model,
     specific_character_set,
 )
-from .identity import device_uid
+from .identity import device_uid, stable_uid
 from .options import WriterOptions
 from .seg import SEGMENT_NUMBER, TRACKING_ID, tracking_uid
 
@@ -136,7 +136,7 @@ def build_measurement_report(
     if seg is None:
         group = outcome_group(
             _summary_code(result),
-            pydicom.uid.generate_uid(prefix=None, entropy_srcs=[sop_instance_uid, "outcome"]),
+            stable_uid(sop_instance_uid, "outcome"),
             _algorithm(segmentation_model(result)),
         )
     else:

@@ -67,7 +67,13 @@ def _tool(name: str) -> str | None:
 def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
-            command, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False
+            command,
+            capture_output=True,
+            text=True,
+            # dsrdump prints names in the object's own character set, such as GB18030.
+            errors="replace",
+            timeout=TOOL_TIMEOUT_S,
+            check=False,
         )
     except subprocess.TimeoutExpired as exc:
         raise OutputValidationError(

@@ -7,12 +7,18 @@ the patient's name exactly.
 
 from __future__ import annotations
 
-import datetime
+import shutil
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
+import SimpleITK as sitk
+from scipy.spatial import cKDTree
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -285,6 +291,137 @@ def _result(
     )
 
 
-def creation_date() -> str:
-    """Return today's date as DICOM DA, for checks on generated timestamps."""
-    return datetime.date.today().strftime("%Y%m%d")
+# Read-back helpers: voxel positions in patient coordinates (LPS, mm).
+
+DCMQI_BIN = Path(sys.executable).parent
+JS_DIR = Path(__file__).resolve().parent / "js"
+TOOL_TIMEOUT_S = 120
+
+
+def source_mask_points(ce_t1: Sequence[pydicom.Dataset], mask: np.ndarray) -> np.ndarray:
+    """Return the LPS centre of every mask voxel, using the source slices' own geometry."""
+    points = []
+    for k, ds in enumerate(ce_t1):
+        rows, columns = np.nonzero(mask[k])
+        points.append(_plane_points(ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing, rows, columns))
+    return np.concatenate(points)
+
+
+def seg_mask_points(seg: pydicom.Dataset) -> np.ndarray:
+    """Return the LPS centre of every segmented voxel, from the SEG's functional groups alone."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    orientation = shared.PlaneOrientationSequence[0].ImageOrientationPatient
+    spacing = shared.PixelMeasuresSequence[0].PixelSpacing
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    points = []
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        rows, columns = np.nonzero(frame)
+        position = item.PlanePositionSequence[0].ImagePositionPatient
+        points.append(_plane_points(position, orientation, spacing, rows, columns))
+    return np.concatenate(points)
+
+
+def image_mask_points(path: Path) -> np.ndarray:
+    """Return the LPS centre of every non-zero voxel of an ITK image file (NRRD, NIfTI)."""
+    image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(image)
+    indices = np.argwhere(array > 0)
+    return np.array(
+        [image.TransformIndexToPhysicalPoint([int(i) for i in index[::-1]]) for index in indices]
+    )
+
+
+def _plane_points(
+    position: Sequence[float],
+    orientation: Sequence[float],
+    pixel_spacing: Sequence[float],
+    rows: np.ndarray,
+    columns: np.ndarray,
+) -> np.ndarray:
+    # PS3.3 C.7.6.2.1.1: PixelSpacing is (row spacing, column spacing).
+    origin = np.array(position, dtype=float)
+    row_cosine = np.array(orientation[:3], dtype=float)
+    column_cosine = np.array(orientation[3:], dtype=float)
+    return (
+        origin
+        + np.outer(columns * float(pixel_spacing[1]), row_cosine)
+        + np.outer(rows * float(pixel_spacing[0]), column_cosine)
+    )
+
+
+def max_point_mismatch_mm(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Return the largest distance from a point of either set to the nearest point of the other."""
+    forward = cKDTree(actual).query(expected)[0].max()
+    backward = cKDTree(expected).query(actual)[0].max()
+    return float(max(forward, backward))
+
+
+def dcmqi_tool(name: str) -> Path:
+    """Return the path of a dcmqi command-line tool, skipping the test where it is not installed."""
+    path = DCMQI_BIN / name
+    if not path.exists():
+        found = shutil.which(name)
+        if found is None:
+            pytest.skip(f"dcmqi's {name} is not installed; install the dcmqi package from PyPI")
+        path = Path(found)
+    return path
+
+
+def run_tool(command: Sequence[str | Path], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command-line tool with a deadline and fail the test with its output if it fails."""
+    completed = subprocess.run(
+        [str(part) for part in command],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
+        check=False,
+        cwd=cwd,
+    )
+    assert completed.returncode == 0, f"{command[0]} failed: {completed.stdout}\n{completed.stderr}"
+    return completed
+
+
+def save(ds: pydicom.Dataset, folder: Path, name: str) -> Path:
+    """Write a dataset as a DICOM file and return its path."""
+    path = folder / name
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def ensure_dcmjs() -> Path:
+    """Return tests/js with dcmjs installed, running ``npm ci`` once; skip where npm is missing."""
+    if (JS_DIR / "node_modules" / "dcmjs").is_dir():
+        return JS_DIR
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed; they are needed to read the SEG with dcmjs")
+    try:
+        completed = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=JS_DIR, capture_output=True, text=True, timeout=240, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.skip("npm ci in tests/js timed out after 240 s; install dcmjs there by hand")
+    if completed.returncode != 0:
+        pytest.skip(f"npm ci in tests/js failed, so dcmjs is unavailable: {completed.stderr[-500:]}")
+    return JS_DIR
+
+
+def content_items(item: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """Return the children of an SR content item (empty for a leaf)."""
+    return list(item.get("ContentSequence", []))
+
+
+def concept_name(item: pydicom.Dataset) -> str:
+    """Return the code meaning of a content item's concept name, lower case ('' if none)."""
+    names = item.get("ConceptNameCodeSequence")
+    return str(names[0].CodeMeaning).lower() if names else ""
+
+
+def find_items(root: pydicom.Dataset, meaning: str) -> list[pydicom.Dataset]:
+    """Return every content item below ``root`` whose concept name's meaning is ``meaning``."""
+    found = []
+    for child in content_items(root):
+        if concept_name(child) == meaning.lower():
+            found.append(child)
+        found.extend(find_items(child, meaning))
+    return found
