@@ -432,7 +432,8 @@ class LoadedSegmentationModel:
         normalisation uses its stored statistics and dropout is off.
         """
         output = self.model(np.ascontiguousarray(batch, dtype=np.float32), training=False)
-        return np.asarray(output)
+        # TensorFlow tensors convert with .numpy(); np.asarray on them warns under NumPy 2.
+        return output.numpy() if hasattr(output, "numpy") else np.asarray(output)
 
 
 _cache: dict[tuple[Path, str], LoadedSegmentationModel] = {}

@@ -9,6 +9,7 @@ concatenates the encoder activation of the same resolution.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -119,12 +120,16 @@ def _check_arguments(
 def _build_encoder(
     input_size: int, channels: int, alpha: float, encoder_weights: str | Path | None
 ) -> keras.Model:
-    backbone = keras.applications.MobileNetV2(
-        input_shape=(input_size, input_size, channels),
-        include_top=False,
-        weights=None,
-        alpha=alpha,
-    )
+    with warnings.catch_warnings():
+        # Keras warns about channel counts other than 1 or 3 because ImageNet
+        # weights need 3, but this encoder never loads ImageNet weights.
+        warnings.filterwarnings("ignore", message="This model usually expects 1 or 3 input channels")
+        backbone = keras.applications.MobileNetV2(
+            input_shape=(input_size, input_size, channels),
+            include_top=False,
+            weights=None,
+            alpha=alpha,
+        )
     if encoder_weights is not None:
         backbone.load_weights(str(encoder_weights))
         logger.info("Loaded encoder weights from %s", encoder_weights)
