@@ -90,7 +90,7 @@ def _run_dciodvfy(path: Path) -> None:
     tool = _tool("dciodvfy")
     if tool is None:
         return
-    completed = _run([tool, "-new", str(path)])
+    completed = _run([tool, str(path)])
     errors = dciodvfy_errors(completed.stdout + completed.stderr)
     if errors:
         raise OutputValidationError("dciodvfy: " + "; ".join(errors), validator="dciodvfy")
