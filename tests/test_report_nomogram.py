@@ -201,3 +201,31 @@ def test_spec_from_model_file_json(tmp_path):
     assert spec.points_per_unit == pytest.approx(model.points_scale.points_per_lp_unit)
     assert [c.label for c in spec.variables[3].categories] == ["T1", "T2", "T3", "T4"]
     assert plot_nomogram(spec, tmp_path / "nomogram.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_cli_draws_demo_model_nomogram(tmp_path):
+    import argparse
+
+    from training.report import DEMO_NOTICE, add_arguments, run_from_args
+
+    model_path = tmp_path / "nomogram.json"
+    _nomogram_model().save(model_path)
+    predictions = tmp_path / "predictions.csv"
+    lines = ["case_id,split,label,prob_nomogram"]
+    lines += [f"c{k},train,{k % 2},{0.2 + 0.05 * k + 0.1 * (k % 2):.2f}" for k in range(12)]
+    predictions.write_text("\n".join(lines) + "\n")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--predictions", str(predictions),
+            "--output-directory", str(tmp_path / "out"),
+            "--nomogram-model", str(model_path),
+            "--n-bootstrap", "50",
+        ]
+    )
+
+    assert run_from_args(args) == 0
+    assert (tmp_path / "out" / "nomogram.png").read_bytes()[:8] == PNG_SIGNATURE
+    # The model file is a demo model, so the notice appears without --demo.
+    assert DEMO_NOTICE in (tmp_path / "out" / "index.html").read_text()

@@ -217,3 +217,26 @@ def test_plain_bootstrap_skips_one_class_resamples():
 def test_roc_auc_with_ci_rejects_bad_confidence():
     with pytest.raises(ValueError, match="confidence must lie strictly between 0 and 1"):
         roc_auc_with_ci(LABELS, SCORE_A, confidence=95)
+
+
+def test_delong_difference_se_matches_paired_bootstrap():
+    rng = np.random.default_rng(21)
+    n_cases = 400
+    labels = rng.integers(0, 2, n_cases)
+    shared = rng.normal(size=n_cases)
+    # Two correlated scores: both share a component, so their AUCs covary.
+    score_a = 1.0 * labels + shared + 0.6 * rng.normal(size=n_cases)
+    score_b = 0.7 * labels + shared + 0.9 * rng.normal(size=n_cases)
+    # Paired resampling stratified by class; AUC = U / (m * n) from scipy, per resample row.
+    events, non_events = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    event_rows = rng.choice(events, size=(800, events.size))
+    non_event_rows = rng.choice(non_events, size=(800, non_events.size))
+    pairs = events.size * non_events.size
+    auc_a = stats.mannwhitneyu(score_a[event_rows], score_a[non_event_rows], axis=1).statistic / pairs
+    auc_b = stats.mannwhitneyu(score_b[event_rows], score_b[non_event_rows], axis=1).statistic / pairs
+    differences = auc_a - auc_b
+
+    result = delong_test(labels, score_a, score_b)
+
+    assert result.covariance > 0
+    assert result.standard_error == pytest.approx(np.std(differences, ddof=1), rel=0.12)

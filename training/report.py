@@ -497,14 +497,17 @@ def read_predictions_csv(path: Path) -> dict[str, PredictionSet]:
     }
 
 
-def load_nomogram_spec(path: Path) -> NomogramSpec:
-    """Read a nomogram model JSON file and adapt it for the figure."""
+def _read_model_json(path: Path) -> Mapping:
     with open(path, encoding="utf-8") as stream:
         try:
-            document = json.load(stream)
+            return json.load(stream)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    return spec_from_model(document)
+
+
+def load_nomogram_spec(path: Path) -> NomogramSpec:
+    """Read a nomogram model JSON file and adapt it for the figure."""
+    return spec_from_model(_read_model_json(path))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -523,7 +526,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--title", default="Nodal metastasis model validation", help="report title")
     parser.add_argument(
-        "--demo", action="store_true", help="mark the report as built from the synthetic-phantom demo model"
+        "--demo",
+        action="store_true",
+        help="mark the report as built from the synthetic-phantom demo model "
+        "(implied by a nomogram model file with is_demo true)",
     )
     parser.add_argument(
         "--nomogram-model", type=Path, default=None, help="nomogram model JSON to draw the nomogram from"
@@ -545,15 +551,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Build the report from parsed command-line arguments and return the exit status."""
+    """Build the report from parsed command-line arguments and return the exit status.
+
+    The report carries the demo notice when ``--demo`` is given or the
+    nomogram model file has ``"is_demo": true``.
+    """
     sets = read_predictions_csv(args.predictions)
-    spec = None if args.nomogram_model is None else load_nomogram_spec(args.nomogram_model)
+    spec = None
+    is_demo = args.demo
+    if args.nomogram_model is not None:
+        document = _read_model_json(args.nomogram_model)
+        spec = spec_from_model(document)
+        is_demo = is_demo or document.get("is_demo") is True
+
     write_report(
         args.output_directory,
         sets,
         nomogram_spec=spec,
         title=args.title,
-        is_demo=args.demo,
+        is_demo=is_demo,
         reference_model=args.reference_model,
         cutoff_split=args.cutoff_split,
         n_bootstrap=args.n_bootstrap,
