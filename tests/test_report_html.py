@@ -166,6 +166,11 @@ def test_prediction_set_rejects_length_mismatch():
         PredictionSet(np.array([0, 1, 1]), {"clinical": np.array([0.1, 0.2])})
 
 
+def test_prediction_set_rejects_non_probabilities():
+    with pytest.raises(ValueError, match="model 'radiomics' has scores outside"):
+        PredictionSet(np.array([0, 1, 1]), {"radiomics": np.array([-1.2, 0.4, 2.5])})
+
+
 def _write_csv(path, rows, header=("case_id", "split", "label", "prob_radiomics", "prob_nomogram")):
     with open(path, "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)

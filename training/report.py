@@ -71,9 +71,14 @@ class PredictionSet:
             raise ValueError("scores is empty; pass at least one model's probabilities")
         for name, score in self.scores.items():
             try:
-                validate_binary_scores(self.y_true, score)
+                _, checked = validate_binary_scores(self.y_true, score)
             except ValueError as exc:
                 raise ValueError(f"model {name!r}: {exc}") from exc
+            # Calibration and decision curves read the scores as probabilities.
+            if np.any((checked < 0.0) | (checked > 1.0)):
+                raise ValueError(
+                    f"model {name!r} has scores outside [0, 1]; pass predicted probabilities"
+                )
 
 
 @dataclass

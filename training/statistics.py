@@ -278,7 +278,8 @@ def roc_auc_with_ci(
     seed : int, Generator or None
         Seed of the resampling, so equal seeds give equal intervals.
     stratified : bool
-        Resample events and non-events separately (as pROC does by default).
+        Resample events and non-events separately, as pROC's ``ci.auc`` does
+        by default.
         Plain resampling skips and counts resamples that hold one class.
     method : CiMethod
         The percentile bootstrap, or DeLong's variance with a normal
