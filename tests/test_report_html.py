@@ -256,3 +256,17 @@ def test_read_csv_errors_omit_case_id(tmp_path):
         read_predictions_csv(path)
 
     assert "PATIENT-SECRET-7" not in str(caught.value)
+
+
+def test_otscc_train_report_command(tmp_path):
+    from training.cli import main
+
+    rng = np.random.default_rng(10)
+    predictions = _write_csv(tmp_path / "predictions.csv", _csv_rows(rng, "test", 40))
+
+    status = main(
+        ["report", "--predictions", str(predictions), "-od", str(tmp_path / "out"), "--n-bootstrap", "50"]
+    )
+
+    assert status == 0
+    assert (tmp_path / "out" / "roc_test.png").read_bytes()[:8] == PNG_SIGNATURE

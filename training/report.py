@@ -525,11 +525,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--output-directory",
+        "-od",
         type=Path,
         required=True,
         help="folder for index.html, the PNG figures and statistics.json",
     )
-    parser.add_argument("--title", default="Nodal metastasis model validation", help="report title")
+    parser.add_argument("--title", default="Nodal metastasis model validation", help="report title (default: %(default)s)")
     parser.add_argument(
         "--demo",
         action="store_true",
@@ -542,16 +543,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reference-model",
         default="nomogram",
-        help="model (the part after prob_) that DeLong's test compares with every other model",
+        help="model (the part after prob_) that DeLong's test compares with every other "
+        "model (default: %(default)s)",
     )
     parser.add_argument(
-        "--cutoff-split", default="train", help="split on which the Youden cutoffs are chosen"
+        "--cutoff-split", default="train", help="split on which the Youden cutoffs are chosen (default: %(default)s)"
     )
     parser.add_argument(
-        "--n-bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC CIs"
+        "--n-bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC CIs (default: %(default)s)"
     )
     parser.add_argument(
-        "--seed", type=int, default=DEFAULT_BOOTSTRAP_SEED, help="seed of the bootstrap resampling"
+        "--seed", type=int, default=DEFAULT_BOOTSTRAP_SEED, help="seed of the bootstrap resampling (default: %(default)s)"
     )
 
 
