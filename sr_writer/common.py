@@ -79,13 +79,13 @@ def segmentation_model(result: PipelineResult) -> ModelIdentity:
 
 
 def model_label(model: ModelIdentity) -> str:
-    """Return a short label for series descriptions: "<name> <version>", with "DEMO" for demo models."""
+    """Return a short label for series descriptions: "<name> <version>", with "DEMO model" for demo models."""
     label = f"{model.name} {model.version}"
-    return f"{label} (DEMO model)" if model.is_demo else label
+    return f"{label}, DEMO model" if model.is_demo else label
 
 
 def provenance_statement(result: PipelineResult) -> str:
-    """Return the sentence that says the result is an algorithm's and what its models were trained on."""
+    """Return the statement that an algorithm produced the result, and what its models were trained on."""
     parts = []
     for model in result.models:
         text = f"{model.name} {model.version} ({model.kind}), trained on {model.training_data}"

@@ -6,9 +6,9 @@ from __future__ import annotations
 class OutputValidationError(Exception):
     """A generated SEG, SR or Secondary Capture object that failed validation.
 
-    An object that raises this is never sent. The message contains the
-    validator's own output, so that the administrator sees which attribute
-    was rejected.
+    The writers raise it in place of returning the object, so the caller has
+    nothing to send. The message contains the validator's own output, which
+    names the rejected attribute.
 
     Parameters
     ----------

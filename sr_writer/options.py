@@ -43,7 +43,7 @@ class WriterOptions:
         Leave slices without tumour out of the SEG. The default keeps them,
         because some viewers expect one frame per source slice.
     send_failure_report : bool
-        Whether the job runner sends an SR that says why no result was made.
+        Whether the job runner sends an SR explaining why no result was made.
     secondary_capture : bool
         Also produce a Secondary Capture with the contour burned in.
     series_number_base : int

@@ -50,7 +50,8 @@ def build_outputs(
     -------
     list of pydicom.Dataset
         The SEG (absent when no tumour was found), the SR, then the
-        Secondary Capture when enabled, each already validated.
+        Secondary Capture when enabled and a tumour was found, each already
+        validated.
 
     Raises
     ------

@@ -147,9 +147,9 @@ def _add_site_attributes(seg: hd.seg.Segmentation, options: WriterOptions) -> No
 
 def _note_superseded(seg: hd.seg.Segmentation, options: WriterOptions) -> None:
     # The SEG IOD has no attribute that names a predecessor, unlike the SR's
-    # PredecessorDocumentsSequence. ImageComments (General Image module) is
-    # the standard free-text place a viewer shows, so the replaced SEGs are
-    # named there; the SR also lists them as evidence of replacement.
+    # PredecessorDocumentsSequence. Viewers show ImageComments (General Image
+    # module), so the replaced SEGs are named there. The SR names them too,
+    # in "Replaces earlier result" text items.
     replaced = [
         item.sop_instance_uid
         for item in options.superseded_objects

@@ -62,7 +62,7 @@ def observation_context(options: WriterOptions) -> hd.sr.ObservationContext:
 def text_item(name: Code, value: str) -> hd.sr.TextContentItem:
     """Build a TEXT content item for the Qualitative Evaluations container."""
     return hd.sr.TextContentItem(
-        name=name, value=value[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
 
 

@@ -34,8 +34,8 @@ from inference.result import (
 )
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-# Column cosine pointing anterior: rows run from the feet side of a
-# flipped acquisition, as some scanners store a reversed phase direction.
+# Column cosine [0, -1, 0]: the row index grows towards anterior, as in an
+# axial image stored upside down.
 NEGATED_COLUMNS = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 _C, _S = np.cos(np.radians(20.0)), np.sin(np.radians(20.0))
 OBLIQUE = (1.0, 0.0, 0.0, 0.0, float(_C), float(-_S))
@@ -124,6 +124,7 @@ def _mr_slice(
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+
     ds.SpecificCharacterSet = character_set
     ds.SOPClassUID = MRImageStorage
     ds.SOPInstanceUID = generate_uid()
@@ -132,6 +133,7 @@ def _mr_slice(
     ds.SeriesInstanceUID = series_uid
     ds.FrameOfReferenceUID = frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
+
     ds.Modality = "MR"
     ds.PatientName = patient_name
     ds.PatientID = "SYN0001"
@@ -143,10 +145,12 @@ def _mr_slice(
     ds.AccessionNumber = "ACC1"
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = "MR tongue"
+
     ds.SeriesDescription = {"ce_t1": "T1 FS +C", "t2": "T2 TSE", "t1": "T1 TSE"}[role.value]
     ds.SeriesNumber = series_number
     ds.InstanceNumber = instance_number
     ds.Manufacturer = "Synthetic"
+
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
     ds.ScanningSequence = "SE"
     ds.SequenceVariant = "NONE"
@@ -156,11 +160,13 @@ def _mr_slice(
     ds.RepetitionTime = 500.0
     ds.EchoTime = 10.0
     ds.MagneticFieldStrength = 3.0
+
     ds.SliceThickness = spacing[2]
     ds.SpacingBetweenSlices = spacing[2]
     ds.ImagePositionPatient = [float(v) for v in position]
     ds.ImageOrientationPatient = [float(v) for v in orientation]
     ds.PixelSpacing = [spacing[1], spacing[0]]
+
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = pixels.shape
@@ -264,10 +270,13 @@ def _result(
     }
     empty = not mask.any()
     nomogram = None
+    risk_group = None
+    if probability is not None:
+        risk_group = "high" if probability >= 0.35 else "low"
     if not empty:
         nomogram = NomogramResult(
             probability=probability,
-            risk_group=None if probability is None else ("high" if probability >= 0.35 else "low"),
+            risk_group=risk_group,
             cutoff=0.35,
             radiomics_score=1.234,
             missing_inputs=list(missing_inputs),

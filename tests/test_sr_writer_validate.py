@@ -54,7 +54,7 @@ def test_invalid_sr_value_rejected(outputs: dict[str, pydicom.Dataset]) -> None:
     broken = copy.deepcopy(outputs["sr"])
     broken.CompletionFlag = "FINISHED"
 
-    with pytest.raises(OutputValidationError, match=r"dciodvfy: Error .*CompletionFlag"):
+    with pytest.raises(OutputValidationError, match=r"dciodvfy: Error .*Completion ?Flag"):
         validate_output(broken)
 
 
