@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from inference import clinical, nomogram
 from training.nomogram_figure import (
     NomogramCategory,
     NomogramSpec,
@@ -128,8 +129,6 @@ def test_spec_from_model_rejects_missing_intercept():
 
 
 def _nomogram_model():
-    nomogram = pytest.importorskip("inference.nomogram")
-    clinical = pytest.importorskip("inference.clinical")
     coefficients = {"rad_score": 1.8, "age": 0.01, "sex": 0.3, "t_stage": 0.7, "doi_mm": 0.12}
     ranges = {
         "rad_score": (-2.0, 3.0),

@@ -21,14 +21,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from inference.nomogram import RAD_SCORE, model_from_dict
+
 logger = logging.getLogger(__name__)
 
 PROBABILITY_TICKS = (
     0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999,
 )
-
-# Name of the radiomics signature term in a nomogram model's coefficients.
-RAD_SCORE = "rad_score"
 
 # Axis labels for variable names of the model file that read poorly as they are.
 _AXIS_LABELS = {RAD_SCORE: "Rad-score", "t_stage": "T stage", "doi": "Depth of invasion"}
@@ -398,8 +397,6 @@ def spec_from_model(model: Any) -> NomogramSpec:
         If the model lacks the intercept, the variables or a variable's range.
     """
     if isinstance(model, Mapping) and "points_scale" in model:
-        from inference.nomogram import model_from_dict
-
         model = model_from_dict(model)
     if _is_nomogram_model(model):
         return _spec_from_nomogram_model(model)
