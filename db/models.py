@@ -67,7 +67,7 @@ class Study(Base):
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(256))
     specific_character_set: Mapped[str | None] = mapped_column(String(128))
-    calling_ae_title: Mapped[str | None] = mapped_column(String(AE_LENGTH))
+    calling_ae_title: Mapped[str | None] = mapped_column(String(AE_LENGTH), index=True)
     calling_host: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[StudyState] = mapped_column(_enum(StudyState), default=StudyState.RECEIVING)
     first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -218,6 +218,10 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Output kinds (OutputKind values) this destination receives, fixed when
+    # the delivery is created so a later change of settings does not change
+    # what a retry sends.
+    output_kinds: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[dt.datetime | None] = mapped_column()
 

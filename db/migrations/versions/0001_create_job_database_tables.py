@@ -38,6 +38,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('study_instance_uid')
     )
     with op.batch_alter_table('studies', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_studies_calling_ae_title'), ['calling_ae_title'], unique=False)
         batch_op.create_index(batch_op.f('ix_studies_last_received_at'), ['last_received_at'], unique=False)
 
     op.create_table('jobs',
@@ -101,6 +102,7 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('last_error', sa.Text(), nullable=True),
+    sa.Column('output_kinds', sa.JSON(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('delivered_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
@@ -218,5 +220,6 @@ def downgrade() -> None:
     op.drop_table('jobs')
     with op.batch_alter_table('studies', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_studies_last_received_at'))
+        batch_op.drop_index(batch_op.f('ix_studies_calling_ae_title'))
 
     op.drop_table('studies')
