@@ -270,3 +270,15 @@ def test_otscc_train_report_command(tmp_path):
 
     assert status == 0
     assert (tmp_path / "out" / "roc_test.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_report_file_names_ignore_path_characters(tmp_path):
+    rng = np.random.default_rng(6)
+    sets = {"../outside": _prediction_set(rng, 40), ".._outside": _prediction_set(rng, 40)}
+
+    write_report(tmp_path / "out", sets, n_bootstrap=50)
+
+    assert (tmp_path / "out" / "roc____outside.png").is_file()
+    assert (tmp_path / "out" / "roc____outside_1.png").is_file()
+    assert not (tmp_path / "roc_.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

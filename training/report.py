@@ -20,6 +20,7 @@ import datetime
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -176,19 +177,30 @@ def _analyse_split(
     return analysis
 
 
+def _file_stems(splits: list[str]) -> dict[str, str]:
+    """Map split names, which come from a CSV, to distinct safe file-name stems."""
+    stems: dict[str, str] = {}
+    for index, split in enumerate(splits):
+        stem = re.sub(r"[^A-Za-z0-9_-]", "_", split) or "split"
+        if stem in stems.values():
+            stem = f"{stem}_{index}"
+        stems[split] = stem
+    return stems
+
+
 def _figures_for_split(
-    out_dir: Path, split: str, data: PredictionSet, analysis: SplitAnalysis
+    out_dir: Path, split: str, stem: str, data: PredictionSet, analysis: SplitAnalysis
 ) -> list[dict[str, str]]:
-    roc_file = f"roc_{split}.png"
+    roc_file = f"roc_{stem}.png"
     plot_roc_curves(
         data.y_true, data.scores, analysis.auc, out_dir / roc_file, title=f"ROC, {split}"
     )
 
-    calibration_file = f"calibration_{split}.png"
+    calibration_file = f"calibration_{stem}.png"
     curves = {name: calibration_curve(data.y_true, score) for name, score in data.scores.items()}
     plot_calibration(curves, out_dir / calibration_file, title=f"Calibration, {split}")
 
-    dca_file = f"decision_curve_{split}.png"
+    dca_file = f"decision_curve_{stem}.png"
     decision = {name: decision_curve(data.y_true, score) for name, score in data.scores.items()}
     plot_decision_curves(decision, out_dir / dca_file, title=f"Decision curve, {split}")
     return [
@@ -364,8 +376,9 @@ def write_report(
     }
 
     figures = []
+    stems = _file_stems(list(checked))
     for split, data in checked.items():
-        figures.extend(_figures_for_split(out_dir, split, data, analyses[split]))
+        figures.extend(_figures_for_split(out_dir, split, stems[split], data, analyses[split]))
     if nomogram_spec is not None:
         plot_nomogram(nomogram_spec, out_dir / "nomogram.png", title=title)
         figures.append({"file": "nomogram.png", "caption": "Nomogram", "css_class": "wide"})

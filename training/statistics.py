@@ -29,8 +29,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BOOTSTRAP_SEED = 20_261_204
 
-# Bootstrap AUCs are computed this many resamples at a time, which bounds
-# memory to about 3 * chunk * n floats for n cases.
+# Bootstrap AUCs are computed this many resamples at a time, so memory stays
+# at a few (chunk x n) arrays for n cases, whatever n_bootstrap is.
 _BOOTSTRAP_CHUNK = 256
 
 
