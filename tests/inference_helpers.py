@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import keras
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from inference.model_package import SegmentationManifest, write_package
+from inference.model_package import LoadedSegmentationModel, SegmentationManifest, write_package
 from inference.unet import build_unet
 
 # Smallest decoder that keeps the U-Net structure, because tests never need capacity.
@@ -38,6 +39,29 @@ def write_tiny_package(
     """Write an untrained tiny U-Net package and return its folder."""
     model = build_unet(input_size, len(channels), 3, decoder_filters=TINY_DECODER)
     return write_package(model, folder, make_manifest(channels, input_size))
+
+
+def threshold_model(
+    channels: Sequence[str], input_size: int = TINY_INPUT_SIZE, background_bias: float = 0.5
+) -> LoadedSegmentationModel:
+    """Return an in-memory model that labels tumour where the first channel exceeds a bias.
+
+    A 1 x 1 convolution gives logits (background_bias, first channel, -10),
+    so on z-scored input the tumour is every pixel brighter than
+    ``background_bias`` standard deviations above the mean.
+    """
+    inputs = keras.Input((input_size, input_size, len(channels)))
+    layer = keras.layers.Conv2D(3, 1)
+    model = keras.Model(inputs, layer(inputs))
+    kernel = np.zeros((1, 1, len(channels), 3), np.float32)
+    kernel[0, 0, 0, 1] = 1.0
+    layer.set_weights([kernel, np.array([background_bias, 0.0, -10.0], np.float32)])
+    return LoadedSegmentationModel(
+        folder=Path("."),
+        manifest=make_manifest(channels, input_size),
+        sha256="0" * 64,
+        model=model,
+    )
 
 
 def write_mr_series(

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from inference.errors import InputError
-from inference.model_package import LoadedSegmentationModel, load_segmentation_model
+from inference.model_package import load_segmentation_model
 from inference.result import GridGeometry, SequenceRole
 from inference.segment import (
     make_trimap,
@@ -20,7 +19,7 @@ from inference.segment import (
     predict_mask,
     tumour_volume_mm3,
 )
-from tests.inference_helpers import make_manifest, write_tiny_package
+from tests.inference_helpers import make_manifest, threshold_model, write_tiny_package
 
 
 def _image(array: np.ndarray, spacing=(1.0, 1.0, 1.0), direction=None, origin=(0.0, 0.0, 0.0)) -> sitk.Image:
@@ -36,17 +35,6 @@ def _geometry(shape_zyx, spacing=(1.0, 1.0, 1.0), direction=tuple(np.eye(3).rave
     return GridGeometry(
         origin=(0.0, 0.0, 0.0), spacing=spacing, direction=direction, size=tuple(reversed(shape_zyx))
     )
-
-
-def _threshold_model(input_size: int = 32) -> LoadedSegmentationModel:
-    """A one-channel model that labels tumour where the normalised input exceeds 0.5."""
-    inputs = keras.Input((input_size, input_size, 1))
-    layer = keras.layers.Conv2D(3, 1)
-    outputs = layer(inputs)
-    model = keras.Model(inputs, outputs)
-    layer.set_weights([np.array([[[[0.0, 1.0, 0.0]]]], np.float32), np.array([0.5, 0.0, -10.0], np.float32)])
-    manifest = make_manifest(channels=("ce_t1",), input_size=input_size)
-    return LoadedSegmentationModel(folder=Path("."), manifest=manifest, sha256="0" * 64, model=model)
 
 
 def _blob(shape=(8, 48, 64)) -> np.ndarray:
@@ -154,7 +142,7 @@ def test_max_diameter_of_flat_mask() -> None:
 def test_predict_mask_finds_bright_blob() -> None:
     truth = _blob()
     image = _image(truth * 1000.0 + 10.0, spacing=(0.5, 0.5, 3.0))
-    mask = predict_mask(_threshold_model(), {SequenceRole.CE_T1: image}, min_component_mm3=1.0)
+    mask = predict_mask(threshold_model(("ce_t1",)), {SequenceRole.CE_T1: image}, min_component_mm3=1.0)
     assert mask.shape == truth.shape
     assert mask.dtype == np.uint8
     dice = 2 * np.sum(mask & truth) / (mask.sum() + truth.sum())
@@ -165,7 +153,7 @@ def test_predict_mask_flipped_image_maps_back() -> None:
     truth = _blob()
     flipped = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, -1.0)
     image = _image(truth * 1000.0 + 10.0, spacing=(0.5, 0.5, 3.0), direction=flipped)
-    mask = predict_mask(_threshold_model(), {SequenceRole.CE_T1: image}, min_component_mm3=1.0)
+    mask = predict_mask(threshold_model(("ce_t1",)), {SequenceRole.CE_T1: image}, min_component_mm3=1.0)
     dice = 2 * np.sum(mask & truth) / (mask.sum() + truth.sum())
     assert dice > 0.9
 
@@ -197,7 +185,7 @@ def test_predict_mask_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_predict_mask_missing_role_rejected() -> None:
-    model = _threshold_model()
+    model = threshold_model(("ce_t1",))
     with pytest.raises(InputError, match=r"needs series \['ce_t1'\]") as info:
         predict_mask(model, {SequenceRole.T2: _image(np.zeros((3, 8, 8)))})
     assert info.value.code == "missing_series"
