@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from config.roles import RoleRules
+
 ENV_PREFIX = "OTSCC_"
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL_DIR = REPOSITORY_ROOT / "models" / "demo"
@@ -221,6 +223,8 @@ class Settings(_Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     assembly: AssemblySettings = Field(default_factory=AssemblySettings)
+    # Rules that give series their roles; the defaults are in config/roles.py.
+    roles: RoleRules = Field(default_factory=RoleRules)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     clinical: ClinicalSettings = Field(default_factory=ClinicalSettings)
     destinations: list[DestinationSettings] = Field(default_factory=list)
