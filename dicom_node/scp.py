@@ -148,8 +148,10 @@ class StorageScp:
         logger.info("DICOM SCP %s stopped", self.settings.ae_title)
 
     def _on_requested(self, event: Event) -> None:
+        # The requestor's AE title is filled in only after this event, so
+        # both titles come from the A-ASSOCIATE-RQ primitive.
         request = event.assoc.requestor.primitive
-        calling = _calling_ae(event)
+        calling = str(request.calling_ae_title).strip()
         called = str(request.called_ae_title).strip()
         host = _peer_host(event)
         reason = self.policy.check(calling, called, host)
@@ -163,6 +165,9 @@ class StorageScp:
             reason.name.lower().replace("_", " "),
         )
         event.assoc.acse.send_reject(*reason.result_source_diagnostic)
+        # As pynetdicom does after its own rejections: wait until the DUL has
+        # sent the A-ASSOCIATE-RJ and the peer closed the connection.
+        event.assoc.kill()
 
     def _on_accepted(self, event: Event) -> None:
         calling = _calling_ae(event)
