@@ -173,9 +173,8 @@ def _describe_rejection(assoc: Association) -> tuple[SendOutcome, int | None, st
     source = getattr(primitive, "result_source", None)
     reason_code = getattr(primitive, "diagnostic", None)
     reason = _REJECT_REASONS.get((source, reason_code), f"source {source}, reason {reason_code}")
-    if result == REJECTED_PERMANENT:
-        return SendOutcome.PERMANENT, result, f"association rejected ({reason}); permanent"
-    return SendOutcome.TRANSIENT, result, f"association rejected ({reason}); transient"
+    outcome = SendOutcome.PERMANENT if result == REJECTED_PERMANENT else SendOutcome.TRANSIENT
+    return outcome, result, f"association rejected ({reason})"
 
 
 def _failed_before_sending(

@@ -1,0 +1,185 @@
+"""The C-STORE sender stores files on DCMTK, Orthanc and pynetdicom peers and classifies failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import ImplicitVRLittleEndian, MRImageStorage
+
+from config.settings import DestinationSettings
+from dicom_node.sender import SendOutcome, SendTimeouts, classify_status, send_datasets
+from tests.conftest import free_port
+from tests.delivery_peers import (
+    basic_text_sr,
+    environment_for_subprocess,
+    orthanc,
+    pynetdicom_scp,
+    storescp,
+    write_part10,
+)
+from tests.runner_helpers import _mr_slice
+
+pytestmark = pytest.mark.peers
+
+TIMEOUTS = SendTimeouts(connection_s=5.0, acse_s=5.0, dimse_s=10.0, network_s=10.0)
+
+
+def _destination(ae_title: str, port: int) -> DestinationSettings:
+    return DestinationSettings(name="peer", ae_title=ae_title, host="127.0.0.1", port=port)
+
+
+def _reports(folder: Path, count: int) -> list[Path]:
+    return [write_part10(basic_text_sr(text=f"report {n}"), folder) for n in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (0x0000, SendOutcome.DELIVERED),
+        (0xB000, SendOutcome.DELIVERED),
+        (0xB006, SendOutcome.DELIVERED),
+        (0xB007, SendOutcome.DELIVERED),
+        (0xA700, SendOutcome.TRANSIENT),
+        (0xA7FF, SendOutcome.TRANSIENT),
+        (0x0110, SendOutcome.TRANSIENT),
+        (0xFE00, SendOutcome.TRANSIENT),
+        (0xA900, SendOutcome.PERMANENT),
+        (0xC000, SendOutcome.PERMANENT),
+        (0xCFFF, SendOutcome.PERMANENT),
+        (0x0122, SendOutcome.PERMANENT),
+        (0x0124, SendOutcome.PERMANENT),
+    ],
+)
+def test_status_classification_table(status: int, outcome: SendOutcome) -> None:
+    assert classify_status(status) is outcome
+
+
+def test_storescp_receives_every_file(tmp_path: Path) -> None:
+    paths = _reports(tmp_path / "out", 3)
+    with storescp(tmp_path / "received") as peer:
+        report = send_datasets(_destination(peer.ae_title, peer.port), paths, calling_ae="OTSCC_NODE", timeouts=TIMEOUTS)
+        received = peer.received_sop_instance_uids()
+
+    assert report.outcome is SendOutcome.DELIVERED
+    assert report.message == "3 instance(s) stored"
+    assert [result.status for result in report.instances] == [0x0000] * 3
+    assert received == sorted(str(dcmread(path).SOPInstanceUID) for path in paths)
+
+
+def test_implicit_only_peer_still_receives(tmp_path: Path) -> None:
+    paths = _reports(tmp_path / "out", 1)
+    with storescp(tmp_path / "received", extra=("+xi",)) as peer:
+        report = send_datasets(_destination(peer.ae_title, peer.port), paths, calling_ae="OTSCC_NODE", timeouts=TIMEOUTS)
+        received = peer.received_files()
+
+    assert report.outcome is SendOutcome.DELIVERED
+    assert len(received) == 1
+    assert dcmread(received[0]).file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+
+
+def test_warning_status_counts_as_delivered(tmp_path: Path) -> None:
+    paths = _reports(tmp_path / "out", 2)
+    with pynetdicom_scp(statuses=[0xB000, 0x0000]) as peer:
+        report = send_datasets(_destination(peer.ae_title, peer.port), paths, calling_ae="OTSCC_NODE", timeouts=TIMEOUTS)
+
+    assert report.outcome is SendOutcome.DELIVERED
+    assert report.status is None
+    assert report.message == "2 instance(s) stored; stored with warning status 0xB000"
+    assert len(report.delivered) == 2
+
+
+def test_unsupported_sop_class_is_permanent(tmp_path: Path) -> None:
+    image = _mr_slice("1.2.826.0.1.3680043.8.498.77", "1.2.826.0.1.3680043.8.498.78", 1)
+    paths = [write_part10(image, tmp_path / "out"), *_reports(tmp_path / "out", 1)]
+    with pynetdicom_scp() as peer:
+        report = send_datasets(_destination(peer.ae_title, peer.port), paths, calling_ae="OTSCC_NODE", timeouts=TIMEOUTS)
+        stored = list(peer.received)
+
+    assert report.outcome is SendOutcome.PERMANENT
+    assert report.status == 0x0122
+    assert report.instances[0].outcome is SendOutcome.PERMANENT
+    assert MRImageStorage in report.instances[0].message
+    assert report.instances[1].outcome is SendOutcome.DELIVERED
+    assert stored == [report.instances[1].sop_instance_uid]
+
+
+def test_peer_abort_is_transient(tmp_path: Path) -> None:
+    paths = _reports(tmp_path / "out", 2)
+    with storescp(tmp_path / "received", extra=("--abort-after",)) as peer:
+        report = send_datasets(_destination(peer.ae_title, peer.port), paths, calling_ae="OTSCC_NODE", timeouts=TIMEOUTS)
+
+    assert report.outcome is SendOutcome.TRANSIENT
+    assert report.delivered == []
+
+
+def test_closed_port_is_transient(tmp_path: Path) -> None:
+    port = free_port()
+    report = send_datasets(_destination("NOBODY", port), _reports(tmp_path, 1), calling_ae="OTSCC_NODE", timeouts=TIMEOUTS)
+
+    assert report.outcome is SendOutcome.TRANSIENT
+    assert report.message == f"cannot connect to 127.0.0.1:{port} (connection refused, unreachable or timed out)"
+    assert report.instances[0].outcome is SendOutcome.TRANSIENT
+
+
+def test_missing_file_raises_value_error(tmp_path: Path) -> None:
+    missing = tmp_path / "gone.dcm"
+    with pytest.raises(ValueError, match="cannot read the files to send to peer: .*gone.dcm"):
+        send_datasets(_destination("PEER", 104), [missing], calling_ae="OTSCC_NODE", timeouts=TIMEOUTS)
+
+
+_SEND_IN_NAMESPACE = """
+import json, sys
+from pathlib import Path
+from config.settings import DestinationSettings
+from dicom_node.sender import SendTimeouts, send_datasets
+ae_title, port, *paths = sys.argv[1:]
+destination = DestinationSettings(name="orthanc", ae_title=ae_title, host="127.0.0.1", port=int(port))
+report = send_datasets(destination, [Path(p) for p in paths], calling_ae="OTSCC_NODE", timeouts=SendTimeouts(5, 5, 10, 10))
+print(json.dumps({"outcome": report.outcome.value, "message": report.message}))
+"""
+
+
+def test_orthanc_stores_sent_reports(tmp_path: Path) -> None:
+    paths = _reports(tmp_path / "out", 2)
+    with orthanc(tmp_path) as peer:
+        command = [sys.executable, "-c", _SEND_IN_NAMESPACE, peer.ae_title, str(peer.dicom_port), *map(str, paths)]
+        completed = subprocess.run(
+            ["nsenter", "-t", str(peer.pid), "-n", *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=environment_for_subprocess(),
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stderr
+        report = json.loads(completed.stdout.strip().splitlines()[-1])
+        stored = peer.stored_sop_instance_uids()
+
+    assert report == {"outcome": "delivered", "message": "2 instance(s) stored"}
+    assert stored == sorted(str(dcmread(path).SOPInstanceUID) for path in paths)
+
+
+def test_orthanc_rejects_wrong_called_ae(tmp_path: Path) -> None:
+    paths = _reports(tmp_path / "out", 1)
+    with orthanc(tmp_path) as peer:
+        command = [sys.executable, "-c", _SEND_IN_NAMESPACE, "NOT_ORTHANC", str(peer.dicom_port), *map(str, paths)]
+        completed = subprocess.run(
+            ["nsenter", "-t", str(peer.pid), "-n", *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=environment_for_subprocess(),
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stderr
+        report = json.loads(completed.stdout.strip().splitlines()[-1])
+        stored = peer.stored_sop_instance_uids()
+
+    assert report["outcome"] == "permanent"
+    assert report["message"].startswith("association rejected (called AE title not recognised")
+    assert stored == []
