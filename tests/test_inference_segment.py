@@ -191,8 +191,8 @@ def test_predict_mask_missing_role_rejected() -> None:
     assert info.value.code == "missing_series"
 
 
-def test_predict_mask_misaligned_volumes_rejected(tmp_path: Path) -> None:
-    model = load_segmentation_model(write_tiny_package(tmp_path / "pkg", ("ce_t1", "t2")))
+def test_predict_mask_misaligned_volumes_rejected() -> None:
+    model = threshold_model(("ce_t1", "t2"))
     volumes = {
         SequenceRole.CE_T1: _image(np.zeros((3, 8, 8))),
         SequenceRole.T2: _image(np.zeros((3, 8, 8)), origin=(0.0, 0.0, 5.0)),

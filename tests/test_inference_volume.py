@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -259,16 +258,8 @@ def test_undecodable_syntax_names_syntax(tmp_path: Path) -> None:
     assert "install" in info.value.hint
 
 
-def _shared_data() -> Path:
-    root = Path(os.environ.get("OTSCC_TEST_DATA", Path(__file__).resolve().parents[1] / "../shared/data"))
-    folder = root / "mr_dicom_series"
-    if not folder.is_dir():
-        pytest.skip(f"public test data not found at {folder}; set OTSCC_TEST_DATA")
-    return folder
-
-
-def test_philips_sagittal_matches_simpleitk(tmp_path: Path) -> None:
-    source = _shared_data() / "philips_3T_T1_mprage_sag3d"
+def test_philips_sagittal_matches_simpleitk(tmp_path: Path, test_data_dir: Path) -> None:
+    source = test_data_dir / "mr_dicom_series" / "philips_3T_T1_mprage_sag3d"
     paths = []
     for gz_path in sorted(source.glob("*.gz")):
         target = tmp_path / gz_path.stem
@@ -284,8 +275,8 @@ def test_philips_sagittal_matches_simpleitk(tmp_path: Path) -> None:
     )
 
 
-def test_ge_adc_matches_simpleitk() -> None:
-    paths = sorted((_shared_data() / "dcmqi_qin_prostate_adc" / "701-ADCb500").glob("*.dcm"))
+def test_ge_adc_matches_simpleitk(test_data_dir: Path) -> None:
+    paths = sorted((test_data_dir / "mr_dicom_series" / "dcmqi_qin_prostate_adc" / "701-ADCb500").glob("*.dcm"))
     volume = load_series(paths)
     reference = _read_with_simpleitk(paths)
     _assert_same_geometry(volume.image, reference)
