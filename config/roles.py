@@ -113,10 +113,10 @@ class StackRules(_Rules):
 
 
 class EnhancementRules(_Rules):
-    """Thresholds of the image comparison that tells which of two T1-weighted series is post-contrast.
+    """Thresholds of the image comparison that finds which of two T1-weighted series is post-contrast.
 
     Each series is divided by the median of its body mask (voxels above
-    ``body_threshold`` times its ``top_percentile`` value), and the series whose
+    ``body_threshold`` times its 99th percentile), and the series whose
     ``top_percentile`` intensity is higher by at least ``min_relative_gain`` is
     taken as post-contrast.
     """

@@ -6,7 +6,7 @@ each series is divided by the median intensity of its body, the brightest
 voxels of the post-contrast series are brighter than those of the other. Both series are
 read from the spool with pydicom. Where they share a frame of reference, the
 second is resampled onto the first by patient position (nearest neighbour)
-and only the overlap is compared; otherwise whole-series statistics are used.
+and only the overlap is compared. Otherwise whole-series statistics are used.
 
 This runs in the completion scheduler's thread, never in the C-STORE handler.
 """
