@@ -1,26 +1,20 @@
-"""Peers and objects for the delivery tests: DCMTK storescp, Orthanc and pynetdicom SCPs.
+"""Peers and objects for the delivery tests: storescp with its received files, and pynetdicom SCPs.
 
-Every peer listens on a free loopback port, or inside a network namespace
-that only has ``lo``, and is stopped by its context manager.
+DCMTK and Orthanc are started by :mod:`tests.peers`; this module adds what
+the delivery tests check on top of them. Every peer listens on a free
+loopback port and is stopped by its context manager.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
-import shutil
-import signal
 import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from pydicom import Dataset, dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -29,44 +23,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 
 from tests.conftest import free_port
-
-PEER_START_TIMEOUT_S = 20.0
-
-
-def wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str, interval_s: float = 0.05) -> None:
-    """Poll ``condition`` until it is true; fail the test with ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(interval_s)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-
-
-def _listening_ports(proc_net_tcp: Path) -> set[int]:
-    # /proc/net/tcp lists sockets with the local port in hex and state 0A for LISTEN.
-    ports = set()
-    for line in proc_net_tcp.read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[3] == "0A":
-            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def is_listening(port: int, *, pid: int | None = None) -> bool:
-    """Return whether a TCP socket listens on ``port``, in ``pid``'s network namespace if given."""
-    table = Path(f"/proc/{pid}/net/tcp") if pid else Path("/proc/net/tcp")
-    return port in _listening_ports(table)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+from tests.peers import start_storescp
 
 
 @dataclass
@@ -89,20 +46,10 @@ class StoreScp:
 
 @contextmanager
 def storescp(output_dir: Path, *, ae_title: str = "STORESCP", port: int | None = None, extra: tuple[str, ...] = ()) -> Iterator[StoreScp]:
-    """Run DCMTK storescp on 127.0.0.1 until the block ends."""
-    if shutil.which("storescp") is None:
-        pytest.skip("DCMTK storescp is not installed; install the dcmtk package")
+    """Run DCMTK storescp on ``port`` (a free one by default) until the block ends."""
     port = port or free_port()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    command = ["storescp", "--aetitle", ae_title, "--output-directory", str(output_dir), *extra, str(port)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: is_listening(port) or process.poll() is not None, timeout_s=PEER_START_TIMEOUT_S, what="storescp to listen")
-        if process.poll() is not None:
-            pytest.fail(f"storescp exited with {process.returncode}: {process.stderr.read().decode(errors='replace')}")
+    with start_storescp(output_dir, port, ae_title=ae_title, extra_args=extra) as process:
         yield StoreScp(ae_title, port, output_dir, process)
-    finally:
-        _stop(process)
 
 
 @dataclass
@@ -136,104 +83,6 @@ def pynetdicom_scp(
         yield peer
     finally:
         server.shutdown()
-
-
-@dataclass
-class Orthanc:
-    """An Orthanc server inside its own network namespace, which has only ``lo``."""
-
-    ae_title: str
-    dicom_port: int
-    http_port: int
-    process: subprocess.Popen
-
-    @property
-    def pid(self) -> int:
-        """PID of the Orthanc process, whose network namespace the clients enter."""
-        return self.process.pid
-
-    def in_namespace(self, command: list[str], *, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
-        """Run ``command`` inside Orthanc's network namespace."""
-        return subprocess.run(
-            ["nsenter", "-t", str(self.pid), "-n", *command],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-
-    def rest_get(self, path: str) -> object:
-        """GET ``path`` from Orthanc's REST API, from inside its namespace, and decode the JSON."""
-        url = f"http://127.0.0.1:{self.http_port}{path}"
-        script = f"import sys, urllib.request; sys.stdout.write(urllib.request.urlopen({url!r}, timeout=10).read().decode())"
-        completed = self.in_namespace([sys.executable, "-c", script])
-        if completed.returncode != 0:
-            pytest.fail(f"Orthanc REST GET {path} failed: {completed.stderr}")
-        return json.loads(completed.stdout)
-
-    def stored_sop_instance_uids(self) -> list[str]:
-        """SOP Instance UIDs of every instance Orthanc stored."""
-        uids = []
-        for instance_id in self.rest_get("/instances"):
-            tags = self.rest_get(f"/instances/{instance_id}/simplified-tags")
-            uids.append(tags["SOPInstanceUID"])
-        return sorted(uids)
-
-
-def _namespaces_available() -> bool:
-    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
-        return False
-    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False)
-    return probe.returncode == 0
-
-
-@contextmanager
-def orthanc(workdir: Path, *, ae_title: str = "ORTHANC") -> Iterator[Orthanc]:
-    """Run Orthanc with its own ports and storage inside a fresh network namespace.
-
-    Orthanc 1.10 has no setting for its bind address, so the namespace keeps
-    it off every interface but its own loopback.
-    """
-    if shutil.which("Orthanc") is None:
-        pytest.skip("Orthanc is not installed; install the orthanc package")
-    if not _namespaces_available():
-        pytest.skip("cannot create a network namespace here (unshare -n needs CAP_SYS_ADMIN)")
-    dicom_port, http_port = free_port(), free_port()
-    storage = workdir / "orthanc-storage"
-    config = {
-        "Name": "otscc-test",
-        "DicomAet": ae_title,
-        "DicomPort": dicom_port,
-        "HttpPort": http_port,
-        "StorageDirectory": str(storage),
-        "IndexDirectory": str(storage),
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomCheckCalledAet": True,
-        "Plugins": [],
-    }
-    config_path = workdir / "orthanc.json"
-    config_path.write_text(json.dumps(config))
-    log_path = workdir / "orthanc.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            ["unshare", "-n", "sh", "-c", f'ip link set lo up && exec Orthanc "{config_path}"'],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    peer = Orthanc(ae_title, dicom_port, http_port, process)
-    try:
-        wait_for(
-            lambda: process.poll() is not None
-            or (is_listening(dicom_port, pid=process.pid) and is_listening(http_port, pid=process.pid)),
-            timeout_s=PEER_START_TIMEOUT_S,
-            what="Orthanc to listen",
-        )
-        if process.poll() is not None:
-            pytest.fail(f"Orthanc exited with {process.returncode}: {log_path.read_text(errors='replace')[-2000:]}")
-        yield peer
-    finally:
-        _stop(process)
 
 
 def basic_text_sr(study_instance_uid: str | None = None, text: str = "test report") -> Dataset:

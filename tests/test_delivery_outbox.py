@@ -19,7 +19,8 @@ from dicom_node import actions
 from dicom_node.outbox import OutboxWorker, as_utc, backoff_seconds
 from dicom_node.runner import JobRunner
 from tests.conftest import free_port
-from tests.delivery_peers import pynetdicom_scp, storescp, wait_for
+from tests.delivery_peers import pynetdicom_scp, storescp
+from tests.peers import wait_until
 from tests.runner_helpers import ReportStep, make_settings, queue_study
 
 pytestmark = pytest.mark.peers
@@ -261,10 +262,10 @@ def test_outbox_thread_delivers_due_rows(tmp_path: Path, sqlite_factory: session
         outbox = OutboxWorker(settings, sqlite_factory)
         outbox.start()
         try:
-            wait_for(
+            wait_until(
                 lambda: all(_job(sqlite_factory, job_id).state is JobState.DONE for job_id in job_ids),
-                timeout_s=30,
-                what="the outbox thread to deliver both jobs",
+                30,
+                "the outbox thread to deliver both jobs",
             )
         finally:
             outbox.stop(timeout_s=30)

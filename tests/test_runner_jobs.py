@@ -15,7 +15,7 @@ from db.session import session_scope
 from db.states import DeliveryState, JobState, OutputKind
 from dicom_node import actions, jobs
 from dicom_node.runner import JobRunner
-from tests.delivery_peers import wait_for
+from tests.peers import wait_until
 from tests.runner_helpers import BrokenStep, ReportStep, add_study, job_state, make_settings, queue_study
 
 PACS = {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 11112}
@@ -217,10 +217,10 @@ def test_threads_recover_and_run_jobs(tmp_path: Path, session_factory: sessionma
     runner = JobRunner(settings, session_factory, ReportStep(), workers=2, poll_interval_s=0.05)
     runner.start()
     try:
-        wait_for(
+        wait_until(
             lambda: all(job_state(session_factory, job_id) is JobState.DONE for job_id in queued),
-            timeout_s=60,
-            what="the worker threads to finish every job",
+            60,
+            "the worker threads to finish every job",
         )
     finally:
         runner.stop(timeout_s=30)
