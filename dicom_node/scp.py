@@ -194,7 +194,13 @@ class StorageScp:
             )
 
     def _on_aborted(self, event: Event) -> None:
-        logger.warning("association from %s at %s aborted", _calling_ae(event), _peer_host(event))
+        calling = _calling_ae(event)
+        if not calling:
+            # A port probe or health check: the peer connected and closed
+            # without sending an A-ASSOCIATE-RQ.
+            logger.debug("connection from %s closed before an association request", _peer_host(event))
+            return
+        logger.warning("association from %s at %s aborted", calling, _peer_host(event))
 
     def _on_c_echo(self, event: Event) -> int:
         logger.info("C-ECHO from %s", _calling_ae(event))

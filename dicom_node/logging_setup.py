@@ -1,0 +1,43 @@
+"""Logging for the command line: one format, on standard error.
+
+Only the CLI calls :func:`configure_logging`; library modules just create
+their loggers. Log lines carry UIDs, AE titles and job ids, never patient
+names or IDs: pynetdicom's identifier logging is turned off in
+:mod:`dicom_node.scp`, and pynetdicom's own INFO lines (one per PDU step)
+are shown only at DEBUG.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send all log records at ``level`` or above to standard error in :data:`LOG_FORMAT`.
+
+    Raises
+    ------
+    ValueError
+        If ``level`` is not one of :data:`LOG_LEVELS`.
+    """
+    name = level.upper()
+    if name not in LOG_LEVELS:
+        raise ValueError(f"log level {level!r} is not one of {', '.join(LOG_LEVELS)}; pick one of them")
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(name)
+
+    logging.getLogger("pynetdicom").setLevel("DEBUG" if name == "DEBUG" else "WARNING")
+    quiet = "DEBUG" if name == "DEBUG" else "WARNING"
+    logging.getLogger("apscheduler").setLevel(quiet)
+    # Alembic logs each of its plugins at INFO on every start-up.
+    logging.getLogger("alembic.runtime.plugins").setLevel(quiet)
