@@ -278,21 +278,33 @@ class OrthancPeer:
 
     def rest_get(self, path: str, timeout_s: float = 10.0) -> object:
         """GET ``path`` from Orthanc's REST API (from inside its namespace) and return the JSON."""
+        return self._rest("GET", path, None, timeout_s)
+
+    def rest_post(self, path: str, body: object, timeout_s: float = 60.0) -> object:
+        """POST ``body`` as JSON to Orthanc's REST API (from inside its namespace) and return the JSON."""
+        return self._rest("POST", path, body, timeout_s)
+
+    def _rest(self, method: str, path: str, body: object, timeout_s: float) -> object:
+        # The REST port exists only in Orthanc's namespace, so the request
+        # runs in a short Python process started there with nsenter.
         script = (
             "import sys, urllib.request;"
-            "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode())"
+            "data = sys.argv[3].encode() if sys.argv[3] else None;"
+            "request = urllib.request.Request(sys.argv[1], data=data, method=sys.argv[2]);"
+            "sys.stdout.write(urllib.request.urlopen(request, timeout=float(sys.argv[4])).read().decode())"
         )
         url = f"http://127.0.0.1:{self.http_port}{path}"
+        payload = "" if body is None else json.dumps(body)
         completed = subprocess.run(
-            self.command_in_namespace([sys.executable, "-c", script, url, str(timeout_s)]),
+            self.command_in_namespace([sys.executable, "-c", script, url, method, payload, str(timeout_s)]),
             capture_output=True,
             text=True,
-            timeout=timeout_s + 5,
+            timeout=timeout_s + 10,
             check=False,
         )
         if completed.returncode != 0:
-            raise RuntimeError(f"Orthanc REST GET {path} failed: {completed.stderr.strip()[-500:]}")
-        return json.loads(completed.stdout)
+            raise RuntimeError(f"Orthanc REST {method} {path} failed: {completed.stderr.strip()[-500:]}")
+        return json.loads(completed.stdout) if completed.stdout.strip() else None
 
     def instance_count(self) -> int:
         """Number of instances Orthanc has stored."""
