@@ -141,10 +141,14 @@ def build_measurement_report(
         )
     else:
         group = _measurement_group(result, seg)
+    # The Image Library (TID 1600) lists the CE-T1 images the tumour was
+    # segmented on, as dcmqi's reports do for their source images.
+    ce_t1_series = result.series[SequenceRole.CE_T1].series_instance_uid
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(options),
         procedure_reported=codes.PROCEDURE_REPORTED,
         imaging_measurements=[group],
+        referenced_images=[ds for ds in evidence if ds.SeriesInstanceUID == ce_t1_series] or None,
     )
     statements = _statements(result, role_evidence or {}, options)
     report[0].ContentSequence.append(qualitative_container(statements))

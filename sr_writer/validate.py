@@ -124,6 +124,7 @@ def _read_back(path: Path, original: pydicom.Dataset) -> None:
 
 def _read_back_sr(path: Path) -> None:
     sr = hd.sr.srread(path)
-    # The document's root is the TID 1500 container itself.
-    report = hd.sr.MeasurementReport.from_sequence([sr], copy=True)
+    # The document's root is the TID 1500 container itself. The document was
+    # read from disk for this check alone, so parsing may change it in place.
+    report = hd.sr.MeasurementReport.from_sequence([sr], copy=False)
     report.get_volumetric_roi_measurement_groups()
