@@ -78,12 +78,12 @@ def allocate_series_numbers(
     kinds: Iterable[OutputKind], base: int, existing: Collection[int]
 ) -> dict[OutputKind, int]:
     """Give each output kind the next SeriesNumber from ``base`` that the study does not use."""
-    taken = set(int(number) for number in existing)
+    used_numbers = set(int(number) for number in existing)
     numbers: dict[OutputKind, int] = {}
     candidate = base
     for kind in kinds:
-        while candidate in taken:
+        while candidate in used_numbers:
             candidate += 1
         numbers[kind] = candidate
-        taken.add(candidate)
+        used_numbers.add(candidate)
     return numbers

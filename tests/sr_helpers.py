@@ -258,6 +258,7 @@ def _result(
         size=(mask.shape[2], mask.shape[1], mask.shape[0]),
     )
     voxel_volume = float(np.prod(spacing))
+
     series = {
         role: SeriesUsed(
             role=role,
@@ -268,6 +269,7 @@ def _result(
         )
         for role, datasets in sources.items()
     }
+
     empty = not mask.any()
     nomogram = None
     risk_group = None
@@ -282,6 +284,7 @@ def _result(
             missing_inputs=list(missing_inputs),
             imputed_inputs=list(missing_inputs) if probability is not None else [],
         )
+
     return PipelineResult(
         study_instance_uid=study_uid,
         series=series,

@@ -197,3 +197,13 @@ def test_missing_source_instance_raises() -> None:
 
     with pytest.raises(ValueError, match="missing from sources"):
         build_outputs(study.result, sources, WriterOptions())
+
+
+def test_options_reject_bad_series_number() -> None:
+    with pytest.raises(ValueError, match="series_number_base must be between"):
+        WriterOptions(series_number_base=0)
+
+
+def test_options_reject_short_superseded_entry() -> None:
+    with pytest.raises(ValueError, match="superseded entries must be"):
+        WriterOptions(superseded=[("1.2.3", "4.5.6")])
