@@ -65,12 +65,18 @@ def build_secondary_capture(
     Raises
     ------
     ValueError
-        If the mask is empty.
+        If the mask is empty or a CE-T1 slice to draw has no pixel data.
     """
     mask = np.asarray(result.segmentation.mask) > 0
     slices = tumour_slices(mask)
     if not slices:
         raise ValueError("segmentation mask is empty; there is no tumour slice to draw")
+    for k in slices:
+        if "PixelData" not in ce_t1[k]:
+            raise ValueError(
+                f"CE-T1 instance {ce_t1[k].SOPInstanceUID} has no pixel data; pass the CE-T1 "
+                "datasets with their pixels when the Secondary Capture is enabled"
+            )
     image = render_montage(
         [ce_t1[k].pixel_array for k in slices],
         [mask[k] for k in slices],

@@ -7,6 +7,7 @@ import pydicom
 import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
+from inference.result import SequenceRole
 from sr_writer import WriterOptions, build_outputs
 from sr_writer.secondary_capture import patient_orientation, tumour_slices
 
@@ -78,3 +79,23 @@ def test_patient_orientation_letters(orientation: tuple, expected: tuple[str, st
     reference.ImageOrientationPatient = list(orientation)
 
     assert patient_orientation(reference) == expected
+
+
+def test_capture_needs_pixel_data() -> None:
+    study = helpers.make_study()
+    for ds in study.sources[SequenceRole.CE_T1]:
+        del ds.PixelData
+
+    with pytest.raises(ValueError, match="has no pixel data"):
+        build_outputs(study.result, study.sources, WriterOptions(secondary_capture=True))
+
+
+def test_seg_and_sr_need_headers_only() -> None:
+    study = helpers.make_study()
+    for datasets in study.sources.values():
+        for ds in datasets:
+            del ds.PixelData
+
+    outputs = build_outputs(study.result, study.sources, WriterOptions())
+
+    assert [ds.Modality for ds in outputs] == ["SEG", "SR"]
