@@ -41,6 +41,11 @@ logger = logging.getLogger(__name__)
 MISSING_ROLE = "missing_role"
 SCHEDULER_JOB_ID = "otscc-completion-check"
 
+# Settings of the scheduler running in this process, for force_complete()
+# calls that pass none (the dashboard action takes only the session, the
+# study id and the actor).
+_running_settings: Settings | None = None
+
 
 @dataclass(frozen=True)
 class StudyEvaluation:
@@ -235,14 +240,15 @@ def force_complete(
 
     The waiting job is queued if the study is complete and failed with the
     reasons otherwise; the job event names ``actor``. The session is flushed,
-    not committed.
+    not committed. Without ``settings``, the settings of the scheduler
+    running in this process are used, else the defaults.
 
     Raises
     ------
     ValueError
         If the study does not exist or has no waiting job.
     """
-    settings = settings or Settings()
+    settings = settings or _running_settings or Settings()
     study = lock_study(session, study_id)
     if study is None:
         raise ValueError(f"study id {study_id} not found; pick a study from the dashboard's list")
@@ -298,6 +304,8 @@ class CompletionScheduler:
         )
         scheduler.start()
         self._scheduler = scheduler
+        global _running_settings
+        _running_settings = self._settings
         logger.info("completion scheduler started, checking every %s s", self._settings.assembly.check_interval_s)
 
     def stop(self) -> None:
@@ -306,6 +314,9 @@ class CompletionScheduler:
             return
         self._scheduler.shutdown(wait=True)
         self._scheduler = None
+        global _running_settings
+        if _running_settings is self._settings:
+            _running_settings = None
         logger.info("completion scheduler stopped")
 
     def _tick(self) -> None:

@@ -260,3 +260,25 @@ def test_scheduler_thread_queues_study(session_factory: sessionmaker[Session], t
         scheduler.stop()
 
     assert _job(session_factory, study_id).state is JobState.QUEUED
+
+
+def test_dashboard_action_uses_running_settings(session_factory: sessionmaker[Session], tmp_path: Path) -> None:
+    from dicom_node import actions
+
+    study_id, _ = _make_study(session_factory, utcnow(), with_t2=False)
+    settings = Settings(
+        storage={"data_dir": tmp_path},
+        assembly={"quiet_period_s": 600.0, "required_roles": ["ce_t1", "t1"], "check_interval_s": 0.05},
+    )
+    scheduler = CompletionScheduler(settings, session_factory)
+    scheduler.start()
+    try:
+        with session_factory() as session:
+            actions.force_complete(session, study_id, "admin")
+            session.commit()
+    finally:
+        scheduler.stop()
+    job = _job(session_factory, study_id)
+
+    assert job.state is JobState.QUEUED
+    assert set(job.input_series) == {"ce_t1", "t1"}
