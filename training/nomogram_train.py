@@ -43,11 +43,11 @@ from training.nomogram_clinical import (
     missing_inputs,
 )
 from training.radiomics_cohort import DEFAULT_LABEL_COLUMN, CohortCase, read_cohort_csv
+from training.radiomics_extraction import extract_cohort_features
 from training.radiomics_model import (
     ClassifierKind,
     FittedRadiomicsModel,
     RadiomicsModelConfig,
-    extract_cohort_features,
     fit_radiomics_model,
     usable_feature_columns,
 )
