@@ -184,16 +184,22 @@ def claim_next_queued(session: Session, worker: str) -> Job | None:
             lost.add(job_id)
 
 
-def recover_interrupted(session: Session) -> list[int]:
-    """Queue again the jobs a crash left running, and reopen deliveries left in flight.
-
-    Returns the ids of the jobs taken up again.
-    """
+def requeue_running_jobs(session: Session) -> list[int]:
+    """Queue again the jobs a crash left running; return their ids."""
     recovered = []
     for job in session.scalars(select(Job).where(Job.state == JobState.RUNNING)).all():
         transition(session, job, JobState.QUEUED, reason="node restarted while the job was running; queued again")
         recovered.append(job.id)
+    return recovered
 
+
+def reopen_deliveries_in_flight(session: Session) -> list[int]:
+    """Make the deliveries a crash left in progress due again; return their ids.
+
+    Call it only while no outbox worker runs, because it also reopens a
+    delivery that a running worker is sending.
+    """
+    reopened = []
     for delivery in session.scalars(select(Delivery).where(Delivery.state == DeliveryState.IN_PROGRESS)).all():
         delivery.state = DeliveryState.PENDING
         delivery.next_attempt_at = utcnow()
@@ -202,6 +208,19 @@ def recover_interrupted(session: Session) -> list[int]:
             delivery.job,
             reason=f"node restarted during delivery to {delivery.destination}; sending again",
         )
+        reopened.append(delivery.id)
+    return reopened
+
+
+def recover_interrupted(session: Session) -> list[int]:
+    """Queue again the jobs a crash left running, and reopen deliveries left in flight.
+
+    Returns the ids of the jobs taken up again. The job runner and the
+    outbox each call their half at their own start, so that starting one
+    never disturbs the other while it runs.
+    """
+    recovered = requeue_running_jobs(session)
+    reopen_deliveries_in_flight(session)
     return recovered
 
 

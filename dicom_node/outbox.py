@@ -152,9 +152,13 @@ class OutboxWorker:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the background thread that polls for due deliveries."""
+        """Reopen the deliveries a crash left in progress, then start polling for due ones."""
         if self._thread is not None and self._thread.is_alive():
             return
+        with session_scope(self._session_factory) as session:
+            reopened = jobs.reopen_deliveries_in_flight(session)
+        if reopened:
+            logger.warning("reopened %d delivery(ies) interrupted by a restart: %s", len(reopened), reopened)
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="otscc-outbox", daemon=True)
         self._thread.start()

@@ -93,9 +93,13 @@ class JobRunner:
     # Threads
 
     def start(self) -> None:
-        """Queue again the jobs a crash left running, then start the worker threads."""
+        """Queue again the jobs a crash left running, then start the worker threads.
+
+        Deliveries left in progress are the outbox's to reopen, at its own
+        start, so starting the runner never disturbs a send in progress.
+        """
         with session_scope(self._session_factory) as session:
-            recovered = jobs.recover_interrupted(session)
+            recovered = jobs.requeue_running_jobs(session)
         if recovered:
             logger.warning("queued %d interrupted job(s) again: %s", len(recovered), recovered)
 

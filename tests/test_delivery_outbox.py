@@ -270,3 +270,28 @@ def test_outbox_thread_delivers_due_rows(tmp_path: Path, sqlite_factory: session
         finally:
             outbox.stop(timeout_s=30)
         assert len(peer.received_files()) == 2
+
+
+def test_outbox_start_resends_interrupted_delivery(tmp_path: Path, sqlite_factory: sessionmaker[Session]) -> None:
+    with storescp(tmp_path / "received") as peer:
+        settings = make_settings(
+            tmp_path / "node", destinations=[_destination("pacs", peer.ae_title, peer.port)], poll_interval_s=0.05
+        )
+        job_id = _run_job(settings, sqlite_factory)
+        # A node that stopped in the middle of the send left the row in progress.
+        with session_scope(sqlite_factory) as session:
+            delivery = session.scalars(select(Delivery).where(Delivery.job_id == job_id)).one()
+            delivery.state = DeliveryState.IN_PROGRESS
+
+        outbox = OutboxWorker(settings, sqlite_factory)
+        outbox.start()
+        try:
+            wait_until(lambda: _job(sqlite_factory, job_id).state is JobState.DONE, 30, "the interrupted delivery")
+        finally:
+            outbox.stop(timeout_s=30)
+        received = peer.received_sop_instance_uids()
+
+    assert received == _output_uids(sqlite_factory, job_id)
+    with session_scope(sqlite_factory) as session:
+        reasons = list(session.scalars(select(JobEvent.reason).where(JobEvent.job_id == job_id)))
+    assert "node restarted during delivery to pacs; sending again" in reasons

@@ -263,3 +263,23 @@ def test_recover_with_nothing_interrupted(session_factory: sessionmaker[Session]
         _queued_job(session, "1.2.3.60")
     with session_scope(session_factory) as session:
         assert jobs.recover_interrupted(session) == []
+
+
+def test_requeue_leaves_deliveries_alone(session_factory: sessionmaker[Session]) -> None:
+    with session_scope(session_factory) as session:
+        job = _queued_job(session, "1.2.3.70")
+        jobs.transition(session, job, JobState.RUNNING, reason="picked up")
+        delivery = Delivery(
+            job_id=job.id, destination="pacs", ae_title="PACS", host="127.0.0.1", port=104, state=DeliveryState.IN_PROGRESS
+        )
+        session.add(delivery)
+        session.flush()
+        ids = (job.id, delivery.id)
+
+    with session_scope(session_factory) as session:
+        assert jobs.requeue_running_jobs(session) == [ids[0]]
+    with session_scope(session_factory) as session:
+        assert session.get(Delivery, ids[1]).state is DeliveryState.IN_PROGRESS
+        assert jobs.reopen_deliveries_in_flight(session) == [ids[1]]
+    with session_scope(session_factory) as session:
+        assert session.get(Delivery, ids[1]).state is DeliveryState.PENDING

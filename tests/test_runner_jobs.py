@@ -231,3 +231,26 @@ def test_threads_recover_and_run_jobs(tmp_path: Path, session_factory: sessionma
         assert job.worker != "crashed-node"
         reasons = [e.reason for e in _events(session, interrupted)]
         assert "node restarted while the job was running; queued again" in reasons
+
+
+def test_heartbeat_refreshes_while_running(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
+    settings = make_settings(tmp_path)
+    beats: list[object] = []
+
+    def wait_for_heartbeat(context) -> None:
+        with session_scope(session_factory) as session:
+            first = session.get(Job, context.job_id).heartbeat_at
+
+        def refreshed() -> bool:
+            with session_scope(session_factory) as session:
+                current = session.get(Job, context.job_id).heartbeat_at
+            beats.append(current)
+            return current != first
+
+        wait_until(refreshed, 30, "a heartbeat from the running job")
+
+    job_id = queue_study(session_factory, settings)
+    runner = JobRunner(settings, session_factory, ReportStep(during_run=wait_for_heartbeat), heartbeat_interval_s=0.05)
+
+    assert runner.run_one(job_id) is JobState.DONE
+    assert len(set(beats)) >= 2
