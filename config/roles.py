@@ -43,17 +43,19 @@ DEFAULT_NON_CONTRAST_PATTERNS = [
     r"(?<![a-z0-9])-\s*c(?![a-z0-9])",
     r"平扫",
 ]
+# Philips names may start with "s" (SENSE) before the weighting: "sT1W_3D_TFE".
 DEFAULT_T1_PATTERNS = [
-    r"(?<![a-z0-9])t1(?![0-9*])",
+    r"(?<![a-z0-9])s?t1(?![0-9*])",
     _token(r"mprage|mp[-_]?rage|vibe|starvibe|bravo|lava|thrive|fspgr|spgr|flash|t1ffe"),
 ]
 DEFAULT_T2_PATTERNS = [
-    r"(?<![a-z0-9])t2(?![0-9*])",
+    r"(?<![a-z0-9])s?t2(?![0-9*])",
     _token(r"frfse|haste|space|cube|vista|t2ffe|blade|propeller|multivane"),
 ]
 DEFAULT_FAT_SUPPRESSION_PATTERNS = [
-    _token(r"fs|fatsat|fat[-_ ]?sat|fat[-_ ]?supp\w*|spair|spir|dixon|water|chess|ideal|flex"),
+    _token(r"fs|fatsat|fat[-_ ]?sat|fat[-_ ]?supp\w*|spair|spir|m?dixon|water|chess|ideal|flex"),
     r"压脂",
+    r"抑脂",
     r"脂肪抑制",
 ]
 DEFAULT_LOCALIZER_PATTERNS = [

@@ -30,6 +30,8 @@ CASES = [
     ("ge agent none", mr_header(SeriesDescription="Ax T1 FSE", ContrastBolusAgent="NONE"), None, "rejected", "ambiguous"),
     ("philips gd", mr_header(SeriesDescription="T1W_TSE_TRA_GD", Manufacturer="Philips"), CE_T1, "matched", "post-contrast by name"),
     ("philips spair", t2_header(SeriesDescription="T2W_TSE_SPAIR"), T2, "matched", "fat-suppressed"),
+    ("philips sense prefix", mr_header(SeriesDescription="sT1W_3D_TFE_GD", RepetitionTime=8.0, EchoTime=4.0), CE_T1, "matched", "T1-weighted by name"),
+    ("philips mdixon", t2_header(SeriesDescription="T2W_mDIXON_TSE_TRA"), T2, "matched", "fat-suppressed"),
     ("chinese enhanced", mr_header(SeriesDescription="T1WI 横断 增强"), CE_T1, "matched", "post-contrast by name"),
     ("chinese plain", mr_header(SeriesDescription="T1WI 轴位 平扫"), T1, "matched", "non-contrast by name"),
     ("chinese fat sat", t2_header(SeriesDescription="T2WI 横断 压脂"), T2, "matched", "fat-suppressed"),
