@@ -84,6 +84,8 @@ DEFAULT_EXCLUSION_PATTERNS = {
 DEFAULT_AXIAL_PATTERNS = [_token(r"ax|axial|tra|trans|transverse"), r"横断", r"轴位"]
 DEFAULT_CORONAL_PATTERNS = [_token(r"cor|coronal"), r"冠状"]
 DEFAULT_SAGITTAL_PATTERNS = [_token(r"sag|sagittal"), r"矢状"]
+# NOTE: scanners can mark Dixon water images DERIVED. A site that takes its
+# fat-suppressed CE-T1 from a Dixon series removes "DERIVED" here.
 DEFAULT_EXCLUDED_IMAGE_TYPES = [
     "DERIVED",
     "LOCALIZER",

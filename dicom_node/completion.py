@@ -7,7 +7,8 @@ instance has arrived for ``assembly.quiet_period_s``. The job then goes from
 
 A study that is not complete keeps waiting until ``assembly.force_complete_s``
 have passed since its LAST instance, then its job fails with reason code
-``missing_role``, ``slice_gap`` or ``stack_invalid``. The clock runs from the
+``missing_role``, ``slice_gap`` or ``stack_invalid`` (``assembly_error`` where
+the stored headers could not be evaluated at all). The clock runs from the
 last instance, not the first, so a slow but steady transfer of a large study
 is never cut off while instances still arrive.
 
@@ -39,6 +40,7 @@ from inference.result import SequenceRole
 logger = logging.getLogger(__name__)
 
 MISSING_ROLE = "missing_role"
+ASSEMBLY_ERROR = "assembly_error"
 SCHEDULER_JOB_ID = "otscc-completion-check"
 
 # Settings of the scheduler running in this process, for force_complete()
@@ -367,7 +369,11 @@ class CompletionScheduler:
             cached = self._cache.get(study_id)
             if cached is not None and cached.fingerprint == study_fingerprint(study) and not expired:
                 return None
-            evaluation = evaluate_study(session, study, self._settings)
+            try:
+                evaluation = evaluate_study(session, study, self._settings)
+            except Exception as exc:  # noqa: BLE001 - one malformed study must not stop the checks of the others
+                session.rollback()
+                return self._evaluation_failed(session, study_id, exc, expired=expired)
             session.rollback()
 
             study = lock_study(session, study_id)
@@ -383,6 +389,32 @@ class CompletionScheduler:
             outcome = self._act(session, study, job, evaluation, waited=waited, expired=expired, cached=cached)
             session.commit()
             return outcome
+
+    def _evaluation_failed(self, session: Session, study_id: int, error: Exception, *, expired: bool) -> CheckOutcome | None:
+        study = lock_study(session, study_id)
+        job = None if study is None else waiting_job(session, study)
+        if study is None or job is None:
+            session.rollback()
+            return None
+
+        message = f"series roles of the study could not be evaluated: {type(error).__name__}: {error}"
+        if not expired:
+            # Logged once per state of the study; new instances or the timeout bring another try.
+            if self._cache.get(study_id, _Cached((), "")).waiting_text != message:
+                logger.error("study %s: %s", study.study_instance_uid, message, exc_info=error)
+            self._cache[study_id] = _Cached(study_fingerprint(study), message)
+            session.rollback()
+            return CheckOutcome(study_id, job.id, "error", message)
+
+        study.state = StudyState.INCOMPLETE
+        jobs.transition(
+            session, job, JobState.FAILED_INPUT, reason=message, reason_code=ASSEMBLY_ERROR, error_message=message,
+            hint="Check the stored headers of the study's series; send the study again or report the error.",
+        )
+        session.commit()
+        self._cache.pop(study_id, None)
+        logger.error("study %s: job %s failed: %s", study.study_instance_uid, job.id, message)
+        return CheckOutcome(study_id, job.id, "failed", message)
 
     def _act(
         self,

@@ -157,7 +157,8 @@ def parse_tm(value: Any) -> float | None:
     """Parse a DICOM TM value (PS3.5 section 6.2, ``HHMMSS.FFFFFF``) into seconds, or None."""
     if value in (None, ""):
         return None
-    text = str(value).strip().replace(":", "")
+    # A time cut from a DT value may end in a UTC offset (&ZZXX), which is dropped.
+    text = re.sub(r"[+-]\d{4}$", "", str(value).strip().replace(":", ""))
     match = re.fullmatch(r"(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?", text)
     if match is None:
         return None

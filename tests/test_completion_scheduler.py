@@ -282,3 +282,24 @@ def test_dashboard_action_uses_running_settings(session_factory: sessionmaker[Se
 
     assert job.state is JobState.QUEUED
     assert set(job.input_series) == {"ce_t1", "t1"}
+
+
+def test_malformed_geometry_fails_at_timeout(session_factory: sessionmaker[Session], tmp_path: Path) -> None:
+    start = utcnow()
+    study_id, uids = _make_study(session_factory, start)
+    with session_factory() as session:
+        series = session.scalars(select(Series).where(Series.series_instance_uid == uids["t2"])).one()
+        series.instances[0].frame_positions = [[0.0, 0.0]]
+        session.commit()
+    scheduler = CompletionScheduler(_settings(tmp_path), session_factory)
+
+    first = scheduler.check_studies(_later(start, QUIET_S + 0.1))
+    second = scheduler.check_studies(_later(start, QUIET_S + 0.2))
+    scheduler.check_studies(_later(start, FORCE_S + 0.1))
+    job = _job(session_factory, study_id)
+
+    assert [outcome.action for outcome in first] == ["error"]
+    assert second == []
+    assert job.state is JobState.FAILED_INPUT
+    assert job.reason_code == "assembly_error"
+    assert job.error_message.startswith("series roles of the study could not be evaluated: ValueError")

@@ -10,6 +10,7 @@ import pytest
 from config.roles import RoleRules
 from config.settings import load_settings
 from dicom_node.enhancement_check import EnhancementVerdict
+from dicom_node.role_rules import parse_tm
 from dicom_node.roles import SeriesCandidate, assign_roles
 from inference.result import SequenceRole
 from tests.roles_helpers import AXIAL, CORONAL, SAGITTAL, mr_header, t2_header
@@ -300,3 +301,11 @@ def test_overlapping_timing_thresholds_rejected() -> None:
     with pytest.raises(ValueError, match="t1_max_repetition_time_ms"):
         RoleRules(t1_max_repetition_time_ms=3000.0)
 
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("103000", 37800.0), ("10:30:00.5", 37800.5), ("103000.25+0100", 37800.25), ("1030", 37800.0), ("", None), ("noon", None)],
+)
+def test_parse_tm_values(value: str, seconds: float | None) -> None:
+    assert parse_tm(value) == seconds
