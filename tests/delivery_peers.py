@@ -54,7 +54,7 @@ def storescp(output_dir: Path, *, ae_title: str = "STORESCP", port: int | None =
 
 @dataclass
 class PynetdicomScp:
-    """A pynetdicom Storage SCP that answers with a chosen status and counts requests."""
+    """A pynetdicom Storage SCP that returns chosen statuses and records the SOP Instance UIDs it receives."""
 
     ae_title: str
     port: int
@@ -94,15 +94,22 @@ def basic_text_sr(study_instance_uid: str | None = None, text: str = "test repor
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
     ds.StudyInstanceUID = study_instance_uid or generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.Modality = "SR"
     ds.PatientName = "Test^Delivery"
     ds.PatientID = "DELIVERY-TEST"
+    ds.PatientBirthDate = ds.PatientSex = ds.ReferringPhysicianName = ""
+    ds.StudyID = ds.AccessionNumber = ds.Manufacturer = ""
     ds.StudyDate = ds.ContentDate = dt.date.today().strftime("%Y%m%d")
     ds.StudyTime = ds.ContentTime = "120000"
     ds.SeriesNumber = 901
     ds.InstanceNumber = 1
+    ds.ReferencedPerformedProcedureStepSequence = DicomSequence([])
+    ds.PerformedProcedureCodeSequence = DicomSequence([])
+
+    # The root content item is a titled CONTAINER, as in every SR document.
     ds.ValueType = "CONTAINER"
     ds.ContinuityOfContent = "SEPARATE"
     ds.CompletionFlag = "COMPLETE"
@@ -110,6 +117,7 @@ def basic_text_sr(study_instance_uid: str | None = None, text: str = "test repor
     title = Dataset()
     title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning = "11528-7", "LN", "Radiology Report"
     ds.ConceptNameCodeSequence = DicomSequence([title])
+
     item = Dataset()
     item.RelationshipType = "CONTAINS"
     item.ValueType = "TEXT"
