@@ -132,7 +132,7 @@ class Spool:
                 handle.write(data)
                 handle.flush()
                 if self.fsync:
-                    os.fsync(handle.fileno())
+                    os.fdatasync(handle.fileno())
             os.replace(temporary, target)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
