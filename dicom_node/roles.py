@@ -100,9 +100,6 @@ def assign_roles(
         examine_series(candidate, rules, use_protocol_name=exam_protocol is None) for candidate in series_headers
     ]
     notes: dict[str, list[str]] = {item.uid: [] for item in findings}
-    if exam_protocol is not None:
-        for item in findings:
-            notes[item.uid].append(f"ProtocolName '{exam_protocol}' is shared by every series, so it names the exam and is ignored")
 
     _contrast_by_order(findings)
     pools = _candidate_pools(findings)
@@ -119,6 +116,9 @@ def assign_roles(
         item.uid: _evidence(item, chosen, pools, notes[item.uid], tie_breaks.get(item.uid), image_results.get(item.uid))
         for item in findings
     }
+    if exam_protocol is not None:
+        for record in evidence.values():
+            record["notes"].append(f"ProtocolName '{exam_protocol}' is shared by every series, so it names the exam and is ignored")
     missing = {role: _missing_reason(role, findings, evidence) for role in SequenceRole if role not in chosen}
     return RoleAssignment(chosen=chosen, evidence=evidence, missing=missing)
 
@@ -188,53 +188,74 @@ def _resolve_unknown_t1(
     compare_images: ImageComparator | None,
     notes: dict[str, list[str]],
 ) -> dict[str, dict[str, Any]]:
-    unknown = pools[AMBIGUOUS]
+    unknown = list(pools[AMBIGUOUS])
     posts, pres = pools[SequenceRole.CE_T1], pools[SequenceRole.T1]
-    results: dict[str, dict[str, Any]] = {}
     if not unknown:
-        return results
+        return {}
 
     if posts and pres:
         for item in unknown:
             notes[item.uid].append("ambiguous: T1-weighted without a contrast cue, and CE-T1 and T1 have labelled series")
-        return results
-    if len(unknown) == 1 and not posts and not pres:
+        return {}
+
+    if posts or pres:
+        labelled = _choose(posts or pres, {})
+        untimed = unknown
+        if labelled.acquisition_seconds is not None:
+            untimed = [item for item in unknown if item.acquisition_seconds is None]
+            for item in unknown:
+                if item.acquisition_seconds is not None:
+                    _contrast_beside_labelled(item, labelled, pools)
+        if not untimed:
+            return {}
+        if len(untimed) > 1:
+            for item in untimed:
+                notes[item.uid].append(
+                    f"ambiguous: {len(untimed)} T1-weighted series without a contrast cue or acquisition time"
+                )
+            return {}
+        pair = (untimed[0], labelled)
+    elif len(unknown) == 1:
         notes[unknown[0].uid].append("ambiguous: T1-weighted without a contrast cue, and no second T1 series to compare with")
-        return results
-    if len(unknown) > 2 or (len(unknown) == 2 and (posts or pres)):
+        return {}
+    elif len(unknown) > 2:
         for item in unknown:
             notes[item.uid].append(
                 f"ambiguous: {len(unknown)} T1-weighted series without a contrast cue; the image check compares one pair"
             )
-        return results
-
-    if len(unknown) == 2:
-        first, second = sorted(unknown, key=_acquisition_key)
+        return {}
     else:
-        first, second = unknown[0], _choose(posts or pres, {})
-        if first.acquisition_seconds is not None and second.acquisition_seconds is not None:
-            _contrast_beside_labelled(first, second, pools)
-            return results
+        pair = tuple(sorted(unknown, key=_acquisition_key))
+
+    return _compare_pair(pair[0], pair[1], pools, compare_images, notes)
+
+
+def _compare_pair(
+    first: SeriesFindings,
+    second: SeriesFindings,
+    pools: dict[Any, list[SeriesFindings]],
+    compare_images: ImageComparator | None,
+    notes: dict[str, list[str]],
+) -> dict[str, dict[str, Any]]:
     if compare_images is None:
-        for item in unknown:
-            notes[item.uid].append("ambiguous: T1-weighted without a contrast cue, and no image check was available")
-        return results
+        for item in (first, second):
+            if item in pools[AMBIGUOUS]:
+                notes[item.uid].append("ambiguous: T1-weighted without a contrast cue, and no image check was available")
+        return {}
 
     verdict = compare_images(first.candidate, second.candidate)
     record = {"summary": verdict.summary, "compared": [first.uid, second.uid], **verdict.details}
-    for item in (first, second):
-        results[item.uid] = record
     _apply_verdict(verdict, first, second, pools, notes)
-    return results
+    return {first.uid: record, second.uid: record}
 
 
 def _contrast_beside_labelled(
     unknown: SeriesFindings, labelled: SeriesFindings, pools: dict[Any, list[SeriesFindings]]
 ) -> None:
-    # _contrast_by_order already settled an unlabelled series acquired after a
-    # post-contrast one or before a non-contrast one, so this one was acquired
-    # before the labelled CE-T1 or after the labelled T1. Sites label the one
-    # series that differs, so the unlabelled series is the other role.
+    # _contrast_by_order already settled an unlabelled series acquired after an
+    # explicitly post-contrast one or before an explicitly non-contrast one.
+    # Sites label the series that differs, so an unlabelled T1 beside a
+    # labelled CE-T1 is taken as the T1, and beside a labelled T1 as the CE-T1.
     if labelled.contrast is Contrast.POST:
         unknown.contrast, role, other = Contrast.PRE, SequenceRole.T1, "CE-T1"
         when = "before"
@@ -371,6 +392,7 @@ def _evidence(
         "rejected": rejected,
         "candidate_for": candidate_for,
         "tie_break": tie_break,
+        "notes": [],
         "findings": {
             "orientation": None if item.orientation is None else item.orientation.value,
             "weighting": None if item.weighting is None else item.weighting.value,

@@ -205,7 +205,8 @@ def test_exam_protocol_name_is_ignored() -> None:
     assignment = assign_roles(study)
 
     assert assignment.chosen == {CE_T1: "post", T2: "t2", T1: "pre"}
-    assert any("names the exam" in reason for reason in assignment.evidence["pre"]["rejected"])
+    assert any("names the exam" in note for note in assignment.evidence["pre"]["notes"])
+    assert assignment.evidence["pre"]["rejected"] == []
 
 
 def test_unlabelled_t1_pair_without_check_is_ambiguous() -> None:
@@ -309,3 +310,27 @@ def test_overlapping_timing_thresholds_rejected() -> None:
 )
 def test_parse_tm_values(value: str, seconds: float | None) -> None:
     assert parse_tm(value) == seconds
+
+
+def test_unlabelled_rescans_beside_labelled_ce() -> None:
+    study = [
+        _candidate("a", mr_header(SeriesDescription="t1_tse_tra", AcquisitionTime="100000", SeriesNumber=3)),
+        _candidate("b", mr_header(SeriesDescription="t1_tse_tra", AcquisitionTime="100400", SeriesNumber=4)),
+        _candidate("ce", mr_header(SeriesDescription="t1_tse_tra_post", AcquisitionTime="102000", SeriesNumber=7)),
+    ]
+    assignment = assign_roles(study)
+
+    assert assignment.chosen == {CE_T1: "ce", T1: "b"}
+    assert "a later acquisition" in assignment.evidence["b"]["tie_break"]
+    assert assignment.evidence["a"]["candidate_for"] == ["t1"]
+
+
+def test_untimed_unlabelled_t1_uses_image_check() -> None:
+    study = [
+        _candidate("a", mr_header(SeriesDescription="t1_tse_tra", AcquisitionTime=None)),
+        _candidate("b", mr_header(SeriesDescription="t1_tse_tra_post", AcquisitionTime=None, SeriesNumber=9)),
+    ]
+    assignment = assign_roles(study, compare_images=_verdict_for("b"))
+
+    assert assignment.chosen == {CE_T1: "b", T1: "a"}
+    assert assignment.evidence["a"]["image_check"]["compared"] == ["a", "b"]
