@@ -8,10 +8,10 @@ ordinal. Numeric variables enter on their own scale.
 
 The imputation rule of each variable is one of ``"median"`` (numeric),
 ``"mode"`` (any type), ``"unavailable"`` or a fixed value. Medians and modes
-come from the training rows only. For fitting, a missing value is always
-replaced, by the rule's value or, for ``"unavailable"``, by the training
-median or mode, so no training row is dropped; the exported model keeps
-``"unavailable"``, so the node gives no score without that value.
+come from the training rows only. For fitting, every missing value is
+replaced, so no training row is dropped: by the rule's value, or for
+``"unavailable"`` by the training median or mode. The exported model
+keeps ``"unavailable"``, so the node gives no score without that value.
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 
 :func:`train_nomogram` takes a feature table, labels, clinical values and a
 train/test split. It fits the radiomics pipeline on the training rows
-(:mod:`training.radiomics_model`), computes the rad-score of every case,
-and fits two logistic regressions on the training rows: the clinical model
-over the clinical variables alone, and the nomogram over the rad-score and
-the clinical variables. The Youden cutoff of the nomogram is taken on the
-training rows. The result holds the :class:`~inference.nomogram.NomogramModel`
+(:mod:`training.radiomics_model`) and computes the rad-score of every case.
+Two logistic regressions are then fitted on the training rows: the
+clinical model over the clinical variables alone, and the nomogram over
+the rad-score and the clinical variables. The Youden cutoff of the
+nomogram is taken on the training rows. The result holds the :class:`~inference.nomogram.NomogramModel`
 and the predictions of all three models for every case.
 
 :func:`add_arguments` and :func:`run_from_args` run the same from a cohort
@@ -301,6 +301,12 @@ def cohort_tables(cases: Sequence[CohortCase]) -> tuple[pd.Series, pd.DataFrame,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the nomogram training options to ``parser`` (``otscc-train nomogram``)."""
+    _add_input_arguments(parser)
+    _add_model_arguments(parser)
+    _add_metadata_arguments(parser)
+
+
+def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "cohort_csv",
         type=Path,
@@ -330,6 +336,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_LABEL_COLUMN,
         help=f"0/1 outcome column (default {DEFAULT_LABEL_COLUMN})",
     )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--clinical",
         default=",".join(CLINICAL_VARIABLES),
@@ -346,7 +356,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--selection",
         choices=[m.value for m in SelectionMethod],
         default=SelectionMethod.LASSO.value,
-        help="feature selection method",
+        help="feature selection method (default lasso)",
     )
     parser.add_argument(
         "--n-features",
@@ -357,25 +367,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--correlation-threshold",
         type=float,
         default=0.9,
-        help="largest absolute correlation between kept features",
+        help="largest absolute correlation between kept features (default 0.9)",
     )
     parser.add_argument("--correlation-method", choices=["pearson", "spearman"], default="pearson")
     parser.add_argument(
         "--classifier",
         choices=[k.value for k in ClassifierKind],
         default=ClassifierKind.LOGISTIC.value,
-        help="radiomics model classifier",
+        help="radiomics model classifier (default logistic)",
     )
-    parser.add_argument("--cv-folds", type=int, default=5, help="stratified cross-validation folds")
+    parser.add_argument(
+        "--cv-folds", type=int, default=5, help="stratified cross-validation folds (default 5)"
+    )
     parser.add_argument(
         "--test-fraction",
         type=float,
         default=0.3,
-        help="test share when the CSV has no split column",
+        help="test share when the CSV has no split column (default 0.3)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the split and the cross-validation folds"
     )
+
+
+def _add_metadata_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default="otscc-nomogram", help="model name in the model file")
     parser.add_argument("--model-version", default="0.1.0", help="model version in the model file")
     parser.add_argument(
@@ -386,7 +401,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--training-data", default="", help="description of the training cohort for the model file"
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def config_from_args(args: argparse.Namespace) -> NomogramTrainingConfig:

@@ -121,7 +121,11 @@ def _case_from_row(
 
     images = {role: _role_path(row, role, folder, base, where) for role in roles}
     mask_text = (row.get("mask_path") or row.get("mask") or "").strip()
-    mask = base / mask_text if mask_text else (folder / "mask.nii.gz" if folder else None)
+    mask = None
+    if mask_text:
+        mask = base / mask_text
+    elif folder is not None:
+        mask = folder / "mask.nii.gz"
     if mask is None or not mask.is_file():
         raise ValueError(f"{where}: mask {mask} not found; set mask_path to the tumour mask file")
 
@@ -179,7 +183,7 @@ def load_image(path: Path) -> sitk.Image:
     """Read an image file, or a folder holding one DICOM series, as float32.
 
     DICOM folders go through :func:`inference.volume.load_series`, the
-    reader the node uses, so training sees the same voxel values.
+    reader of the node, so training reads the same voxel values as the node.
     """
     path = Path(path)
     if path.is_dir():

@@ -74,8 +74,10 @@ def extract_cohort_features(
 ) -> tuple[pd.DataFrame, list[CaseFeatures]]:
     """Extract the features of every case, in ``workers`` processes.
 
-    Worker processes are spawned, not forked, so that a parent that has
-    already started threads (TensorFlow, BLAS) cannot deadlock them.
+    Worker processes are spawned, not forked: a forked child inherits the
+    locks of threads that the parent has started (TensorFlow, BLAS) and can
+    deadlock on them. The calling script therefore needs the usual
+    ``if __name__ == "__main__":`` guard.
 
     Returns
     -------

@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 
 class SelectionMethod(enum.Enum):
-    """How the signature's features are chosen from the decorrelated set."""
+    """Method that chooses the signature's features from the decorrelated set."""
 
     ANOVA = "anova"
     RFE = "rfe"
