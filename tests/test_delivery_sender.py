@@ -126,6 +126,17 @@ def test_missing_file_raises_value_error(tmp_path: Path) -> None:
         send_datasets(_destination("PEER", 104), [missing], calling_ae="OTSCC_NODE", timeouts=TIMEOUTS)
 
 
+def _product_outputs(folder: Path) -> list[Path]:
+    # The SEG, TID 1500 SR and Secondary Capture the node's writers make for a synthetic study.
+    from sr_writer.options import WriterOptions
+    from sr_writer.outputs import build_outputs
+    from tests.sr_helpers import make_study
+
+    study = make_study(shape=(4, 32, 32))
+    outputs = build_outputs(study.result, study.sources, WriterOptions(secondary_capture=True))
+    return [write_part10(dataset, folder) for dataset in outputs]
+
+
 _SEND_IN_NAMESPACE = """
 import json, sys
 from pathlib import Path
@@ -138,8 +149,8 @@ print(json.dumps({"outcome": report.outcome.value, "message": report.message}))
 """
 
 
-def test_orthanc_stores_sent_reports(tmp_path: Path) -> None:
-    paths = _reports(tmp_path / "out", 2)
+def test_orthanc_stores_seg_sr_and_sc(tmp_path: Path) -> None:
+    paths = _product_outputs(tmp_path / "out")
     with start_orthanc(tmp_path) as peer:
         command = [sys.executable, "-c", _SEND_IN_NAMESPACE, peer.ae_title, str(peer.dicom_port), *map(str, paths)]
         completed = subprocess.run(
@@ -157,5 +168,22 @@ def test_orthanc_stores_sent_reports(tmp_path: Path) -> None:
             for instance in peer.rest_get("/instances")
         )
 
-    assert report == {"outcome": "delivered", "message": "2 instance(s) stored"}
+    assert report == {"outcome": "delivered", "message": "3 instance(s) stored"}
     assert stored == sorted(str(dcmread(path).SOPInstanceUID) for path in paths)
+
+
+def test_storescp_receives_seg_sr_and_sc(tmp_path: Path) -> None:
+    paths = _product_outputs(tmp_path / "out")
+    with storescp(tmp_path / "received") as peer:
+        report = send_datasets(_destination(peer.ae_title, peer.port), paths, calling_ae="OTSCC_NODE", timeouts=TIMEOUTS)
+        received = peer.received_files()
+
+    sent_classes = sorted(str(dcmread(path).SOPClassUID) for path in paths)
+    assert report.outcome is SendOutcome.DELIVERED, report.message
+    assert len(set(sent_classes)) == 3
+    assert sorted(str(dcmread(path).SOPClassUID) for path in received) == sent_classes
+    # The data sets arrive element for element; only the file meta, which storescp writes itself, differs.
+    sent = {str(ds.SOPInstanceUID): ds for ds in map(dcmread, paths)}
+    for path in received:
+        arrived = dcmread(path)
+        assert arrived == sent[str(arrived.SOPInstanceUID)]
