@@ -163,8 +163,8 @@ def _role_path(
         if candidate.exists():
             return candidate
     raise ValueError(
-        f"{where}: no {role.label} series found (looked for {[str(c) for c in candidates]}); "
-        f"set the {role.value!r} or 'folder' column"
+        f"{where}: no {role.label} series found at {[str(c) for c in candidates]}. "
+        f"Set the {role.value!r} or 'folder' column."
     )
 
 
