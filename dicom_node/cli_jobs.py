@@ -12,7 +12,8 @@ import datetime as dt
 import getpass
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -37,11 +38,15 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", "-ll", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
 
 
-def open_session_factory(settings: Settings) -> sessionmaker[Session]:
-    """Return a session factory on the configured job database, migrated to the newest revision."""
+@contextmanager
+def open_database(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """Yield a session factory on the configured job database, migrated to the newest revision."""
     engine = create_db_engine(settings.database_url, echo=settings.database.echo)
-    upgrade_to_head(engine)
-    return make_session_factory(engine)
+    try:
+        upgrade_to_head(engine)
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
 
 
 def _actor() -> str:
@@ -134,9 +139,8 @@ def _print_table(rows: Iterable[JobRow], out: TextIO) -> None:
         out.write("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() + "\n")
 
 
-def run_jobs(args: argparse.Namespace, settings: Settings, session_factory: sessionmaker[Session] | None = None) -> int:
+def run_jobs(args: argparse.Namespace, settings: Settings) -> int:
     """List the jobs that meet the arguments' filters; return the exit code."""
-    factory = session_factory or open_session_factory(settings)
     filters = JobFilters(
         states=tuple(JobState(state) for state in args.state or ()),
         since=args.since,
@@ -144,7 +148,7 @@ def run_jobs(args: argparse.Namespace, settings: Settings, session_factory: sess
         study_instance_uid=args.study,
     )
     try:
-        with session_scope(factory) as session:
+        with open_database(settings) as factory, session_scope(factory) as session:
             page = list_jobs(session, filters, args.page, args.limit)
     except ValueError as exc:
         print(f"otscc-node jobs: {exc}", file=sys.stderr)
@@ -173,12 +177,11 @@ def add_retry_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     return parser
 
 
-def run_retry(args: argparse.Namespace, settings: Settings, session_factory: sessionmaker[Session] | None = None) -> int:
+def run_retry(args: argparse.Namespace, settings: Settings) -> int:
     """Retry the job or delivery the arguments name; return the exit code."""
-    factory = session_factory or open_session_factory(settings)
     actor = _actor()
     try:
-        with session_scope(factory) as session:
+        with open_database(settings) as factory, session_scope(factory) as session:
             if args.delivery is not None:
                 delivery = actions.retry_delivery(session, args.delivery, actor)
                 message = f"delivery {delivery.id} of job {delivery.job_id} to {delivery.destination} is pending again"

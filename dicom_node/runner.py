@@ -111,11 +111,12 @@ class JobRunner:
             self._threads.append(thread)
         logger.info("job runner started with %d worker(s)", self._workers)
 
-    def stop(self, timeout_s: float | None = None) -> None:
-        """Stop taking jobs and wait up to ``timeout_s`` for the running ones.
+    def stop(self, timeout_s: float | None = 60.0) -> None:
+        """Stop taking jobs and wait up to ``timeout_s`` (None: no limit) for the running ones.
 
         A job still running after the timeout stays ``RUNNING`` in the
-        database; the next :meth:`start` queues it again.
+        database, and the next :meth:`start` queues it again. Its worker is a
+        daemon thread, so it does not keep the process alive.
         """
         self._stop.set()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
