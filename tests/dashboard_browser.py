@@ -69,7 +69,7 @@ def launch_chromium() -> Iterator[object]:
             browser.close()
 
 
-def start_dashboard(folder: Path, dashboard: dict) -> Iterator[RunningDashboard]:
+def start_dashboard(folder: Path, dashboard: dict, *, filler: int = 60) -> Iterator[RunningDashboard]:
     """Seed a database under ``folder`` and serve a dashboard on it with ``dashboard`` settings."""
     settings = Settings.model_validate(
         {"storage": {"data_dir": str(folder), "min_free_mb": 0}, "dashboard": {"port": 0, **dashboard}}
@@ -77,7 +77,7 @@ def start_dashboard(folder: Path, dashboard: dict) -> Iterator[RunningDashboard]
     engine = create_db_engine(f"sqlite:///{folder / 'jobs.db'}")
     upgrade_to_head(engine)
     factory = make_session_factory(engine)
-    ids = seed_database(factory, settings.storage.resolved_spool_dir, settings.storage.outputs_dir)
+    ids = seed_database(factory, settings.storage.resolved_spool_dir, settings.storage.outputs_dir, filler=filler)
     server = DashboardServer(settings, factory)
     server.start()
     try:
