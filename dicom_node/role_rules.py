@@ -82,6 +82,7 @@ class SeriesFindings:
     matched: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     score: int = 0
+    contrast_score: int = 0
 
     @property
     def uid(self) -> str:
@@ -97,10 +98,22 @@ class SeriesFindings:
         prefix = f"series {number} " if number not in (None, "") else "series "
         return f"{prefix}'{description}' ({self.uid})"
 
-    def add_match(self, rule: str, keyword: str, value: Any, points: int = 0, **extra: Any) -> None:
-        """Record a rule that matched a tag value, and add its points to the score."""
+    def add_match(
+        self, rule: str, keyword: str, value: Any, points: int = 0, *, contrast_cue: bool = False, **extra: Any
+    ) -> None:
+        """Record a rule that matched a tag value, and add its points to the score.
+
+        ``contrast_cue`` marks points for the contrast state, which do not
+        rank T2 series against each other.
+        """
         self.matched.append({"rule": rule, "keyword": keyword, "value": _json_value(value), **extra})
         self.score += points
+        if contrast_cue:
+            self.contrast_score += points
+
+    def score_for(self, role_is_t2: bool) -> int:
+        """Return the score that ranks this series among the candidates of one role."""
+        return self.score - self.contrast_score if role_is_t2 else self.score
 
 
 @dataclass(frozen=True)
@@ -377,18 +390,22 @@ def _find_contrast(findings: SeriesFindings, names: list[tuple[str, str]], rules
 
     if pre_cue is not None:
         findings.contrast = Contrast.PRE
-        findings.add_match("non-contrast by name", pre_cue.keyword, pre_cue.text, POINTS["name"], match=pre_cue.match)
+        findings.add_match(
+            "non-contrast by name", pre_cue.keyword, pre_cue.text, POINTS["name"], contrast_cue=True, match=pre_cue.match
+        )
         if has_agent:
             findings.add_match("ContrastBolusAgent is set but the name marks the series non-contrast, and the name wins", "ContrastBolusAgent", agent)
     elif has_agent:
         findings.contrast = Contrast.POST
-        findings.add_match("contrast agent given", "ContrastBolusAgent", agent, POINTS["agent"])
+        findings.add_match("contrast agent given", "ContrastBolusAgent", agent, POINTS["agent"], contrast_cue=True)
         if post_cue is not None:
-            findings.add_match("post-contrast by name", post_cue.keyword, post_cue.text, POINTS["name"], match=post_cue.match)
+            findings.add_match(
+                "post-contrast by name", post_cue.keyword, post_cue.text, POINTS["name"], contrast_cue=True, match=post_cue.match
+            )
     elif post_cue is not None:
         findings.contrast = Contrast.POST
         findings.add_match(
-            "post-contrast by name (ContrastBolusAgent empty)", post_cue.keyword, post_cue.text, POINTS["name"], match=post_cue.match
+            "post-contrast by name (ContrastBolusAgent empty)", post_cue.keyword, post_cue.text, POINTS["name"], contrast_cue=True, match=post_cue.match
         )
     findings.contrast_is_explicit = findings.contrast is not Contrast.UNKNOWN
     route = str(header.get("ContrastBolusRoute") or "").strip()

@@ -108,7 +108,7 @@ def assign_roles(
     chosen: dict[SequenceRole, str] = {}
     tie_breaks: dict[str, str] = {}
     for role in SequenceRole:
-        winner = _choose(pools[role], tie_breaks)
+        winner = _choose(pools[role], tie_breaks, role_is_t2=role is SequenceRole.T2)
         if winner is not None:
             chosen[role] = winner.uid
 
@@ -150,6 +150,7 @@ def _contrast_by_order(findings: list[SeriesFindings]) -> None:
                 "AcquisitionTime",
                 item.candidate.header.get("AcquisitionTime") or item.candidate.header.get("SeriesTime"),
                 POINTS["order"],
+                contrast_cue=True,
             )
         elif later_pre:
             last = max(later_pre, key=lambda pre: pre.acquisition_seconds)
@@ -159,6 +160,7 @@ def _contrast_by_order(findings: list[SeriesFindings]) -> None:
                 "AcquisitionTime",
                 item.candidate.header.get("AcquisitionTime") or item.candidate.header.get("SeriesTime"),
                 POINTS["order"],
+                contrast_cue=True,
             )
 
 
@@ -267,6 +269,7 @@ def _contrast_beside_labelled(
         "AcquisitionTime",
         unknown.candidate.header.get("AcquisitionTime") or unknown.candidate.header.get("SeriesTime"),
         POINTS["order"],
+        contrast_cue=True,
     )
     pools[AMBIGUOUS].remove(unknown)
     pools[role].append(unknown)
@@ -296,7 +299,7 @@ def _apply_verdict(
         if item not in unknown:
             continue
         item.contrast = contrast
-        item.add_match(verdict.summary, "PixelData", None, POINTS["image"])
+        item.add_match(verdict.summary, "PixelData", None, POINTS["image"], contrast_cue=True)
         pools[AMBIGUOUS].remove(item)
         pools[role].append(item)
 
@@ -330,29 +333,35 @@ def _series_number(item: SeriesFindings) -> int:
         return -1
 
 
-# Criteria in order of precedence, each with a phrase for the tie-break note.
-_CRITERIA: list[tuple[str, Callable[[SeriesFindings], Any]]] = [
-    ("a complete slice stack", lambda item: item.candidate.stack_complete is True),
-    ("a higher score", lambda item: item.score),
-    ("a later acquisition", lambda item: item.acquisition_seconds if item.acquisition_seconds is not None else -1.0),
-    ("a higher SeriesNumber", _series_number),
-    ("more instances", lambda item: item.candidate.instance_count),
-]
+def _criteria(role_is_t2: bool) -> list[tuple[str, Callable[[SeriesFindings], Any]]]:
+    # In order of precedence, each with the phrase for the tie-break note.
+    # Contrast cues do not rank T2 series, so a post-contrast T2 does not
+    # win over the usual pre-contrast one for carrying an agent.
+    return [
+        ("a complete slice stack", lambda item: item.candidate.stack_complete is True),
+        ("a higher score", lambda item: item.score_for(role_is_t2)),
+        ("a later acquisition", lambda item: item.acquisition_seconds if item.acquisition_seconds is not None else -1.0),
+        ("a higher SeriesNumber", _series_number),
+        ("more instances", lambda item: item.candidate.instance_count),
+    ]
 
 
-def _choose(pool: list[SeriesFindings], tie_breaks: dict[str, str]) -> SeriesFindings | None:
+def _choose(
+    pool: list[SeriesFindings], tie_breaks: dict[str, str], *, role_is_t2: bool = False
+) -> SeriesFindings | None:
     if not pool:
         return None
+    criteria = _criteria(role_is_t2)
 
     def key(item: SeriesFindings) -> tuple[Any, ...]:
-        # The lower UID wins the last tie, so it is negated by sorting on the reverse.
-        return (*(criterion(item) for _, criterion in _CRITERIA), _ReversedText(item.uid))
+        # _ReversedText ranks the lower UID first in this descending sort.
+        return (*(criterion(item) for _, criterion in criteria), _ReversedText(item.uid))
 
     ranked = sorted(pool, key=key, reverse=True)
     winner = ranked[0]
     for other in ranked[1:]:
         reason = next(
-            (phrase for phrase, criterion in _CRITERIA if criterion(winner) != criterion(other)),
+            (phrase for phrase, criterion in criteria if criterion(winner) != criterion(other)),
             "the lower SeriesInstanceUID",
         )
         tie_breaks.setdefault(winner.uid, "")
@@ -386,7 +395,7 @@ def _evidence(
     rejected = [*item.excluded, *item.rejected, *notes]
     evidence: dict[str, Any] = {
         "role": None if role is None else role.value,
-        "score": item.score,
+        "score": item.score_for(item in pools[SequenceRole.T2]),
         "summary": _summary(item, role, rejected, tie_break),
         "matched": item.matched,
         "rejected": rejected,

@@ -334,3 +334,17 @@ def test_untimed_unlabelled_t1_uses_image_check() -> None:
 
     assert assignment.chosen == {CE_T1: "b", T1: "a"}
     assert assignment.evidence["a"]["image_check"]["compared"] == ["a", "b"]
+
+
+def test_t2_rescan_ignores_contrast_points() -> None:
+    study = [
+        _candidate("pre", t2_header(SeriesDescription="t2_tse_tra", AcquisitionTime="100000", SeriesNumber=4)),
+        _candidate(
+            "post",
+            t2_header(SeriesDescription="t2_tse_tra", AcquisitionTime="095000", SeriesNumber=2, ContrastBolusAgent="Gadovist"),
+        ),
+    ]
+    assignment = assign_roles(study)
+
+    assert assignment.chosen == {T2: "pre"}
+    assert "a later acquisition" in assignment.evidence["pre"]["tie_break"]
