@@ -23,7 +23,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.sop_class import Verification
 
 from tests.conftest import free_port
-from tests.peers import start_storescp
+from tests.peers import peer_environment, start_storescp
 
 
 @dataclass
@@ -46,9 +46,14 @@ class StoreScp:
 
 @contextmanager
 def storescp(output_dir: Path, *, ae_title: str = "STORESCP", port: int | None = None, extra: tuple[str, ...] = ()) -> Iterator[StoreScp]:
-    """Run DCMTK storescp on ``port`` (a free one by default) until the block ends."""
+    """Run DCMTK storescp on ``port`` (a free one by default) until the block ends.
+
+    Nagle's algorithm is off on storescp's side too, so each C-STORE response
+    leaves at once instead of waiting for a delayed ACK.
+    """
     port = port or free_port()
-    with start_storescp(output_dir, port, ae_title=ae_title, extra_args=extra) as process:
+    environment = peer_environment(tcp_nodelay=True)
+    with start_storescp(output_dir, port, ae_title=ae_title, extra_args=extra, env=environment) as process:
         yield StoreScp(ae_title, port, output_dir, process)
 
 
