@@ -104,6 +104,9 @@ def extract_tumour_features(
     label = int(extractor.settings.get("label", 1))
     all_classes = dict(extractor.enabledFeatures)
 
+    # Every grid is checked before any work, so a mismatch raises even for an empty mask.
+    roles = [role for role in SequenceRole if role in images]
+    role_masks = {role: _binary_mask_on_grid(mask, images[role], role, label) for role in roles}
     roi_voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
     if roi_voxels == 0:
         return RadiomicsResult(
@@ -111,15 +114,10 @@ def extract_tumour_features(
         )
 
     features: dict[str, float] = {}
-    for role in SequenceRole:
-        if role not in images:
-            continue
-        image = images[role]
-        role_mask = _binary_mask_on_grid(mask, image, role, label)
-
+    for role in roles:
         extractor.enabledFeatures = _classes_for_role(all_classes, role)
         try:
-            raw = extractor.execute(image, role_mask, label=label)
+            raw = extractor.execute(images[role], role_masks[role], label=label)
         except ValueError as exc:
             if not str(exc).startswith(_PYRADIOMICS_ROI_MESSAGES):
                 raise

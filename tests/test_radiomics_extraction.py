@@ -157,6 +157,15 @@ def test_geometry_beyond_tolerance_raises(study, field: str) -> None:
     assert info.value.code == "mask_geometry_mismatch"
 
 
+def test_empty_mask_off_grid_raises(study) -> None:
+    images, mask = study
+    empty = _mask_like(np.zeros(SHAPE_ZYX, np.uint8), mask)
+    empty.SetOrigin(tuple(o + 1.0 for o in mask.GetOrigin()))
+
+    with pytest.raises(InputError, match="mask's origin"):
+        extract_tumour_features(images, empty)
+
+
 def test_mask_size_mismatch_raises(study) -> None:
     images, mask = study
     smaller = sitk.RegionOfInterest(mask, (32, 32, 8), (0, 0, 0))
