@@ -40,7 +40,8 @@ EVENT_REGISTRY = CollectorRegistry(auto_describe=True)
 
 INSTANCES_RECEIVED = Counter(
     "otscc_instances_received",
-    "SOP instances stored by the C-STORE SCP.",
+    "SOP instances received by the C-STORE SCP, by outcome (stored, duplicate, conflict, rejected).",
+    ["outcome"],
     registry=EVENT_REGISTRY,
 )
 ASSOCIATIONS_REJECTED = Counter(
@@ -64,9 +65,9 @@ DELIVERY_FAILURES = Counter(
 )
 
 
-def record_instance_received() -> None:
-    """Count one SOP instance stored by the SCP."""
-    INSTANCES_RECEIVED.inc()
+def record_instance_received(outcome: str = "stored") -> None:
+    """Count one SOP instance the SCP received; ``outcome`` is a ``StoreOutcome`` value."""
+    INSTANCES_RECEIVED.labels(outcome=outcome).inc()
 
 
 def record_association_rejected(reason: str) -> None:

@@ -23,7 +23,7 @@ from config.settings import DeliverySettings, DestinationSettings, Settings
 from db.models import Delivery, DeliveryAttempt, Job, Output, utcnow
 from db.session import session_scope
 from db.states import DeliveryState, JobState
-from dicom_node import jobs
+from dicom_node import jobs, metrics
 from dicom_node.sender import SendOutcome, SendReport, SendTimeouts, send_datasets
 
 logger = logging.getLogger(__name__)
@@ -247,6 +247,7 @@ class OutboxWorker:
         delivery = session.get(Delivery, delivery_id)
         job = delivery.job
         delivery.attempts += 1
+        metrics.observe_stage("deliver", report.duration_s)
         session.add(
             DeliveryAttempt(
                 delivery_id=delivery.id,
@@ -268,11 +269,13 @@ class OutboxWorker:
             reason = f"delivered to {delivery.destination}: {report.message}"
             logger.info("job %s: %s", job.id, reason)
         elif report.outcome is SendOutcome.PERMANENT:
+            metrics.record_delivery_failure(delivery.destination, permanent=True)
             delivery.state = DeliveryState.FAILED
             delivery.last_error = report.message
             reason = f"delivery to {delivery.destination} failed: {report.message}; permanent, not retried"
             logger.error("job %s: %s", job.id, reason)
         elif delivery.attempts >= self._settings.delivery.max_attempts:
+            metrics.record_delivery_failure(delivery.destination, permanent=True)
             delivery.state = DeliveryState.FAILED
             delivery.last_error = report.message
             reason = (
@@ -281,6 +284,7 @@ class OutboxWorker:
             )
             logger.error("job %s: %s", job.id, reason)
         else:
+            metrics.record_delivery_failure(delivery.destination, permanent=False)
             wait_s = backoff_seconds(self._settings.delivery, delivery.attempts)
             delivery.state = DeliveryState.RETRY_WAIT
             delivery.last_error = report.message

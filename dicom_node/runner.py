@@ -24,7 +24,7 @@ from config.settings import DestinationSettings, Settings
 from db.models import Delivery, Instance, Job, Output, Series, utcnow
 from db.session import session_scope
 from db.states import DeliveryState, JobState, OutputKind
-from dicom_node import jobs
+from dicom_node import jobs, metrics
 from dicom_node.outbox import complete_job
 from dicom_node.output_files import remove_stale_files, write_output_file
 from dicom_node.pipeline_step import JobContext, OutputObject, PipelineStep, PriorOutput, RoleSeries, StepOutcome
@@ -267,6 +267,7 @@ class JobRunner:
                 return
             kept = self._store_outputs(session, job, outcome.outputs)
             job.result_summary = {**outcome.result_summary, "stage_seconds": dict(outcome.stage_seconds)}
+            metrics.observe_stages(outcome.stage_seconds)
             error = outcome.input_error
             destinations = self._queue_deliveries(session, job, {output.kind for output in outcome.outputs}, failure_only=error is not None)
 

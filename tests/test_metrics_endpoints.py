@@ -47,6 +47,7 @@ def test_metrics_expose_every_family(session_factory: sessionmaker[Session], tmp
     before = scrape(client)
 
     metrics.record_instance_received()
+    metrics.record_instance_received("duplicate")
     metrics.record_association_rejected("calling_ae_not_allowed")
     metrics.observe_stages({"load": 0.3, "segment": 4.0})
     metrics.observe_stage("deliver", 0.2)
@@ -55,7 +56,9 @@ def test_metrics_expose_every_family(session_factory: sessionmaker[Session], tmp
     after = scrape(client)
 
     received = "otscc_instances_received"
-    assert sample(after, received, received + "_total") == sample(before, received, received + "_total") + 1
+    stored_before = before.get(received, {"samples": {}})["samples"].get((received + "_total", (("outcome", "stored"),)), 0.0)
+    assert sample(after, received, received + "_total", outcome="stored") == stored_before + 1
+    assert sample(after, received, received + "_total", outcome="duplicate") >= 1
     assert sample(after, "otscc_associations_rejected", "otscc_associations_rejected_total", reason="calling_ae_not_allowed") >= 1
     assert after["otscc_stage_duration_seconds"]["type"] == "histogram"
     assert sample(after, "otscc_stage_duration_seconds", "otscc_stage_duration_seconds_count", stage="segment") >= 1
