@@ -19,6 +19,7 @@ role assignment and the image check never run in the C-STORE handler.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -114,13 +115,23 @@ class StudyEvaluation:
         return code, ". ".join(messages)
 
 
+class CheckAction(enum.Enum):
+    """Action of one scheduler pass on a due study."""
+
+    QUEUED = "queued"
+    FAILED = "failed"
+    WAITING = "waiting"
+    CHANGED = "changed"
+    ERROR = "error"
+
+
 @dataclass
 class CheckOutcome:
-    """Action that one pass of the scheduler took on one study."""
+    """Outcome of one scheduler pass for one study."""
 
     study_id: int
     job_id: int
-    action: str
+    action: CheckAction
     detail: str = ""
 
 
@@ -136,7 +147,7 @@ def as_utc(value: dt.datetime) -> dt.datetime:
 
 
 def study_fingerprint(study: Study) -> tuple[Any, ...]:
-    """Values that change whenever an instance of the study arrives."""
+    """Return the values that change whenever an instance of the study arrives."""
     return (as_utc(study.last_received_at), study.instance_count)
 
 
@@ -384,7 +395,7 @@ class CompletionScheduler:
             if study_fingerprint(study) != evaluation.fingerprint:
                 # An instance arrived while the study was evaluated; the next pass looks again.
                 session.rollback()
-                return CheckOutcome(study_id, job.id, "changed")
+                return CheckOutcome(study_id, job.id, CheckAction.CHANGED)
 
             outcome = self._act(session, study, job, evaluation, waited=waited, expired=expired, cached=cached)
             session.commit()
@@ -404,7 +415,7 @@ class CompletionScheduler:
                 logger.error("study %s: %s", study.study_instance_uid, message, exc_info=error)
             self._cache[study_id] = _Cached(study_fingerprint(study), message)
             session.rollback()
-            return CheckOutcome(study_id, job.id, "error", message)
+            return CheckOutcome(study_id, job.id, CheckAction.ERROR, message)
 
         study.state = StudyState.INCOMPLETE
         jobs.transition(
@@ -414,7 +425,7 @@ class CompletionScheduler:
         session.commit()
         self._cache.pop(study_id, None)
         logger.error("study %s: job %s failed: %s", study.study_instance_uid, job.id, message)
-        return CheckOutcome(study_id, job.id, "failed", message)
+        return CheckOutcome(study_id, job.id, CheckAction.FAILED, message)
 
     def _act(
         self,
@@ -433,11 +444,11 @@ class CompletionScheduler:
                 reason=f"study complete after {waited:.1f} s without new instances: {evaluation.chosen_text()}",
             )
             self._cache.pop(study.id, None)
-            return CheckOutcome(study.id, job.id, "queued", evaluation.chosen_text())
+            return CheckOutcome(study.id, job.id, CheckAction.QUEUED, evaluation.chosen_text())
         if expired:
             fail_study(session, study, job, evaluation, waited_s=self._settings.assembly.force_complete_s)
             self._cache.pop(study.id, None)
-            return CheckOutcome(study.id, job.id, "failed", job.error_message or "")
+            return CheckOutcome(study.id, job.id, CheckAction.FAILED, job.error_message or "")
 
         waiting_text = evaluation.waiting_text()
         write_roles(session, study, evaluation.assignment)
@@ -449,5 +460,5 @@ class CompletionScheduler:
                 details={"waiting_for": waiting_text},
             )
         self._cache[study.id] = _Cached(evaluation.fingerprint, waiting_text)
-        return CheckOutcome(study.id, job.id, "waiting", waiting_text)
+        return CheckOutcome(study.id, job.id, CheckAction.WAITING, waiting_text)
 

@@ -95,7 +95,7 @@ def test_image_check_picks_enhanced_series(session_factory: sessionmaker[Session
     outcomes = scheduler.check_studies(start + dt.timedelta(seconds=0.3))
     job = _latest_job(session_factory, study_id)
 
-    assert [outcome.action for outcome in outcomes] == ["queued"]
+    assert [outcome.action.value for outcome in outcomes] == ["queued"]
     assert job.state is JobState.QUEUED
     assert job.input_series["ce_t1"] == post_uid
     assert job.input_series["t1"] == pre_uid
@@ -113,7 +113,7 @@ def test_image_check_undecided_fails_ambiguous(session_factory: sessionmaker[Ses
     study_id, _, _ = _study_with_pair(session_factory, tmp_path, second_enhanced=False, received_at=start)
     scheduler = CompletionScheduler(_settings(tmp_path), session_factory)
 
-    assert [outcome.action for outcome in scheduler.check_studies(start + dt.timedelta(seconds=0.3))] == ["waiting"]
+    assert [outcome.action.value for outcome in scheduler.check_studies(start + dt.timedelta(seconds=0.3))] == ["waiting"]
     scheduler.check_studies(start + dt.timedelta(seconds=6.0))
     job = _latest_job(session_factory, study_id)
 
@@ -132,7 +132,7 @@ def test_image_check_unreadable_file_is_ambiguous(session_factory: sessionmaker[
         path.write_bytes(b"not a DICOM file")
     scheduler = CompletionScheduler(_settings(tmp_path), session_factory)
 
-    assert [outcome.action for outcome in scheduler.check_studies(start + dt.timedelta(seconds=0.3))] == ["waiting"]
+    assert [outcome.action.value for outcome in scheduler.check_studies(start + dt.timedelta(seconds=0.3))] == ["waiting"]
     with session_factory() as session:
         evidence = session.scalars(select(Series).where(Series.series_instance_uid == pre_uid)).one().role_evidence
     assert "failed: cannot read pixel data" in evidence["image_check"]["summary"]

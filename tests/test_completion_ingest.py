@@ -161,7 +161,7 @@ def test_ingested_enhanced_study_queued(session_factory: sessionmaker[Session], 
     outcomes = scheduler.check_studies(as_utc(study.last_received_at) + dt.timedelta(seconds=0.3))
     study, job = _study_and_job(session_factory, study_uid)
 
-    assert [outcome.action for outcome in outcomes] == ["queued"]
+    assert [outcome.action.value for outcome in outcomes] == ["queued"]
     assert job.state is JobState.QUEUED
     assert study.state is StudyState.COMPLETE
     with session_factory() as session:

@@ -91,7 +91,7 @@ def test_complete_study_queued_after_quiet(session_factory: sessionmaker[Session
     outcomes = scheduler.check_studies(_later(start, QUIET_S + 0.1))
     job = _job(session_factory, study_id)
 
-    assert [outcome.action for outcome in outcomes] == ["queued"]
+    assert [outcome.action.value for outcome in outcomes] == ["queued"]
     assert job.state is JobState.QUEUED
     assert job.input_series == {"ce_t1": uids["ce_t1"], "t2": uids["t2"], "t1": uids["t1"]}
     assert _study(session_factory, study_id).state is StudyState.COMPLETE
@@ -117,7 +117,7 @@ def test_new_instance_restarts_quiet_period(session_factory: sessionmaker[Sessio
     scheduler = CompletionScheduler(_settings(tmp_path), session_factory)
 
     assert scheduler.check_studies(_later(start, QUIET_S + 0.1)) == []
-    assert [outcome.action for outcome in scheduler.check_studies(_later(start, QUIET_S + 0.2))] == ["queued"]
+    assert [outcome.action.value for outcome in scheduler.check_studies(_later(start, QUIET_S + 0.2))] == ["queued"]
 
 
 def test_slice_gap_waits_then_fails(session_factory: sessionmaker[Session], tmp_path: Path) -> None:
@@ -130,7 +130,7 @@ def test_slice_gap_waits_then_fails(session_factory: sessionmaker[Session], tmp_
     second = scheduler.check_studies(_later(start, QUIET_S + 0.5))
     job = _job(session_factory, study_id)
 
-    assert [outcome.action for outcome in first] == ["waiting"]
+    assert [outcome.action.value for outcome in first] == ["waiting"]
     assert second == []
     assert job.state is JobState.WAITING
     waiting_events = [event for event in _events(session_factory, job.id) if event.reason.startswith("study not complete")]
@@ -140,7 +140,7 @@ def test_slice_gap_waits_then_fails(session_factory: sessionmaker[Session], tmp_
     outcomes = scheduler.check_studies(_later(start, FORCE_S + 0.1))
     job = _job(session_factory, study_id)
 
-    assert [outcome.action for outcome in outcomes] == ["failed"]
+    assert [outcome.action.value for outcome in outcomes] == ["failed"]
     assert job.state is JobState.FAILED_INPUT
     assert job.reason_code == "slice_gap"
     assert "'t1_tse_fs_tra_post'" in job.error_message
@@ -154,7 +154,7 @@ def test_missing_t2_fails_at_timeout(session_factory: sessionmaker[Session], tmp
     study_id, _ = _make_study(session_factory, start, with_t2=False)
     scheduler = CompletionScheduler(_settings(tmp_path), session_factory)
 
-    assert [outcome.action for outcome in scheduler.check_studies(_later(start, 1.0))] == ["waiting"]
+    assert [outcome.action.value for outcome in scheduler.check_studies(_later(start, 1.0))] == ["waiting"]
     assert _job(session_factory, study_id).state is JobState.WAITING
 
     scheduler.check_studies(_later(start, FORCE_S))
@@ -198,7 +198,7 @@ def test_late_series_queues_superseding_job(session_factory: sessionmaker[Sessio
     outcomes = scheduler.check_studies(_later(late, QUIET_S + 0.1))
     second_job = _job(session_factory, study_id)
 
-    assert [outcome.action for outcome in outcomes] == ["queued"]
+    assert [outcome.action.value for outcome in outcomes] == ["queued"]
     assert second_job.id != first_job.id
     assert second_job.supersedes_job_id == first_job.id
     assert second_job.run_number == 2
@@ -298,7 +298,7 @@ def test_malformed_geometry_fails_at_timeout(session_factory: sessionmaker[Sessi
     scheduler.check_studies(_later(start, FORCE_S + 0.1))
     job = _job(session_factory, study_id)
 
-    assert [outcome.action for outcome in first] == ["error"]
+    assert [outcome.action.value for outcome in first] == ["error"]
     assert second == []
     assert job.state is JobState.FAILED_INPUT
     assert job.reason_code == "assembly_error"
