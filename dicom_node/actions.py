@@ -44,7 +44,10 @@ def retry_job(session: Session, job_id: int, actor: str) -> Job:
     if job.state not in RETRYABLE_JOB_STATES:
         allowed = ", ".join(sorted(state.value for state in RETRYABLE_JOB_STATES))
         raise ValueError(f"job {job_id} is {job.state.value} and cannot be retried; only {allowed} jobs can")
-    jobs.transition(session, job, JobState.QUEUED, reason=f"retry requested by {actor}", actor=actor)
+    reason = f"retry requested by {actor}"
+    # A failure report still waiting to be sent belongs to the attempt being replaced.
+    cancel_open_deliveries(session, job, reason=reason, actor=actor)
+    jobs.transition(session, job, JobState.QUEUED, reason=reason, actor=actor)
     logger.info("job %s queued again by %s", job_id, actor)
     return job
 
