@@ -258,6 +258,27 @@ def test_clinical_encoding_uses_training_rows() -> None:
     assert encoded["grade"].tolist() == [2.0, 0.0]
 
 
+def test_nomogram_without_clinical_variables(tmp_path: Path) -> None:
+    features, labels, clinical = _cohort(n_cases=60, n_noise=2, seed=6)
+    config = NomogramTrainingConfig(
+        radiomics=RadiomicsModelConfig(
+            selection_method=SelectionMethod.ANOVA, n_features_grid=(2,), cv_folds=3
+        ),
+        clinical_variables=(),
+    )
+
+    result = train_nomogram(features, labels, clinical, _split(features.index), config)
+    result.model.save(tmp_path / "nomogram.json")
+    model = NomogramModel.load(tmp_path / "nomogram.json")
+
+    assert "prob_clinical" not in result.predictions.columns
+    assert model.clinical_variables == []
+    assert list(model.coefficients) == ["rad_score"]
+    scored = model.score(features.iloc[0].to_dict(), {})
+    assert scored.probability == pytest.approx(result.predictions["prob_nomogram"].iloc[0])
+    assert scored.points["rad_score"] == pytest.approx(scored.total_points)
+
+
 def test_invalid_labels_raise() -> None:
     features, labels, clinical = _cohort(n_cases=20, n_noise=1)
     labels.iloc[0] = 2

@@ -96,7 +96,8 @@ class TrainedNomogram:
 
     ``predictions`` has one row per case, indexed by case_id, with the
     columns ``split``, ``label``, ``rad_score``, ``prob_radiomics``,
-    ``prob_clinical``, ``prob_nomogram`` and ``missing_inputs``.
+    ``prob_clinical`` (only with clinical variables), ``prob_nomogram`` and
+    ``missing_inputs``.
     """
 
     model: NomogramModel
@@ -168,14 +169,15 @@ def train_nomogram(
             "label": labels,
             "rad_score": rad_score,
             "prob_radiomics": radiomics.predict_probability(features),
-            "prob_clinical": (
-                clinical_model.predict_proba(encoded)[:, 1] if clinical_model else np.nan
-            ),
-            "prob_nomogram": nomogram_regression.predict_proba(design)[:, 1],
-            "missing_inputs": missing_inputs(clinical, config.clinical_variables),
         },
         index=labels.index,
     )
+    # Without clinical variables there is no clinical model, and the column
+    # is left out: the report rejects empty probabilities.
+    if clinical_model is not None:
+        predictions["prob_clinical"] = clinical_model.predict_proba(encoded)[:, 1]
+    predictions["prob_nomogram"] = nomogram_regression.predict_proba(design)[:, 1]
+    predictions["missing_inputs"] = missing_inputs(clinical, config.clinical_variables)
     predictions.index.name = "case_id"
     return TrainedNomogram(model, predictions, radiomics, clinical_model, nomogram_regression)
 
