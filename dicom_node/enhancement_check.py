@@ -25,6 +25,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from config.roles import EnhancementRules
+from dicom_node.role_rules import SeriesCandidate
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +224,7 @@ def compare_enhancement(
     by its body median, is higher by at least ``rules.min_relative_gain`` is
     the post-contrast one.
     """
-    first_labels = labels or (first_uid, second_uid)
+    names = labels or (first_uid, second_uid)
     first_norm, first_body, first_median = _normalise(first.pixels, rules)
     second_norm, second_body, second_median = _normalise(second.pixels, rules)
     details: dict[str, Any] = {
@@ -252,12 +253,12 @@ def compare_enhancement(
     top_share = f"top {100 - rules.top_percentile:g}% voxels"
     threshold = 1 + rules.min_relative_gain
     if ratio >= threshold:
-        post_uid, post_label, gain = second_uid, first_labels[1], ratio - 1
+        post_uid, post_label, gain = second_uid, names[1], ratio - 1
     elif ratio <= 1 / threshold:
-        post_uid, post_label, gain = first_uid, first_labels[0], 1 / ratio - 1
+        post_uid, post_label, gain = first_uid, names[0], 1 / ratio - 1
     else:
         summary = (
-            f"image comparison ({region}): {first_labels[0]} and {first_labels[1]} differ by "
+            f"image comparison ({region}): {names[0]} and {names[1]} differ by "
             f"{abs(ratio - 1) * 100:.0f}% in their {top_share} after normalisation, less than the "
             f"{rules.min_relative_gain * 100:.0f}% needed -> undecided"
         )
@@ -288,8 +289,8 @@ class SpoolImageComparator:
         self._instance_paths = instance_paths
         self._rules = rules
 
-    def __call__(self, first: Any, second: Any) -> EnhancementVerdict:
-        """Compare two :class:`~dicom_node.role_rules.SeriesCandidate` objects by their pixels."""
+    def __call__(self, first: SeriesCandidate, second: SeriesCandidate) -> EnhancementVerdict:
+        """Compare two series by their pixels; a read failure gives an undecided verdict."""
         labels = (_label(first), _label(second))
         try:
             first_volume = self._load(first.series_instance_uid)
@@ -326,7 +327,7 @@ class SpoolImageComparator:
         return load_volume(paths, self._rules)
 
 
-def _label(candidate: Any) -> str:
+def _label(candidate: SeriesCandidate) -> str:
     header = candidate.header
     number = header.get("SeriesNumber")
     description = header.get("SeriesDescription") or "(no description)"
