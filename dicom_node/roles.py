@@ -116,11 +116,31 @@ def assign_roles(
         item.uid: _evidence(item, chosen, pools, notes[item.uid], tie_breaks.get(item.uid), image_results.get(item.uid))
         for item in findings
     }
+    _note_order_conflict(findings, chosen, evidence)
     if exam_protocol is not None:
         for record in evidence.values():
             record["notes"].append(f"ProtocolName '{exam_protocol}' is shared by every series, so it names the exam and is ignored")
     missing = {role: _missing_reason(role, findings, evidence) for role in SequenceRole if role not in chosen}
     return RoleAssignment(chosen=chosen, evidence=evidence, missing=missing)
+
+
+def _note_order_conflict(
+    findings: list[SeriesFindings], chosen: dict[SequenceRole, str], evidence: dict[str, dict[str, Any]]
+) -> None:
+    # A contrast agent cannot be taken back, so a CE-T1 acquired before the
+    # T1 means a label or a time is wrong. The labels are kept, and both
+    # series carry the warning for the reader of the report.
+    by_uid = {item.uid: item for item in findings}
+    if SequenceRole.CE_T1 not in chosen or SequenceRole.T1 not in chosen:
+        return
+    post, pre = by_uid[chosen[SequenceRole.CE_T1]], by_uid[chosen[SequenceRole.T1]]
+    if post.acquisition_seconds is None or pre.acquisition_seconds is None:
+        return
+    if post.acquisition_seconds < pre.acquisition_seconds:
+        warning = f"warning: the CE-T1 {post.label} was acquired before the T1 {pre.label}; check their labels"
+        evidence[post.uid]["notes"].append(warning)
+        evidence[pre.uid]["notes"].append(warning)
+        logger.warning("CE-T1 series %s was acquired before T1 series %s", post.uid, pre.uid)
 
 
 def _exam_level_protocol(candidates: Sequence[SeriesCandidate]) -> str | None:

@@ -348,3 +348,15 @@ def test_t2_rescan_ignores_contrast_points() -> None:
 
     assert assignment.chosen == {T2: "pre"}
     assert "a later acquisition" in assignment.evidence["pre"]["tie_break"]
+
+
+def test_ce_before_t1_is_flagged() -> None:
+    study = [
+        _candidate("pre", mr_header(SeriesDescription="t1_tse_tra_pre", AcquisitionTime="103000")),
+        _candidate("post", mr_header(SeriesDescription="t1_tse_tra_post", AcquisitionTime="101000")),
+    ]
+    assignment = assign_roles(study)
+
+    assert assignment.chosen == {CE_T1: "post", T1: "pre"}
+    assert any("was acquired before the T1" in note for note in assignment.evidence["post"]["notes"])
+    assert any("was acquired before the T1" in note for note in assignment.evidence["pre"]["notes"])
