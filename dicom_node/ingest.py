@@ -1,4 +1,4 @@
-"""Store one received instance: validate, write durably, record, then answer.
+"""Store one received instance: validate, write durably, record, then return the status.
 
 :meth:`Ingestor.store` is what the C-STORE handler calls. It returns a DIMSE
 status only after the file is fsynced in the spool and its database rows are
@@ -34,7 +34,7 @@ RECORD_ATTEMPTS = 3
 
 
 class StoreOutcome(enum.Enum):
-    """What happened to an instance the node was sent."""
+    """Outcome of one received instance."""
 
     STORED = "stored"
     DUPLICATE = "duplicate"
@@ -60,7 +60,7 @@ class Sender:
 
 
 class _KeyedLocks:
-    """One lock per key, dropped when nobody holds or waits for it."""
+    """One lock per key, dropped when no thread holds or waits for it."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
@@ -117,7 +117,7 @@ class Ingestor:
         Sessions on the migrated job database.
     min_free_mb : int
         Free disk space, in MiB, that must remain after a write; below it the
-        node answers Out of Resources (0xA700).
+        node returns Out of Resources (0xA700).
     """
 
     def __init__(self, spool: Spool, session_factory: sessionmaker[Session], *, min_free_mb: int) -> None:
@@ -134,7 +134,7 @@ class Ingestor:
         self._record_lock: threading.Lock | None = threading.Lock() if backend == "sqlite" else None
 
     def store(self, dataset: Dataset, encoded: bytes, *, requested_sop_class: str, sender: Sender) -> StoreResult:
-        """Store one instance and return the DIMSE status to answer with.
+        """Store one instance and return the DIMSE status of the C-STORE response.
 
         ``encoded`` is the file as it will be written: the File Meta
         Information followed by the dataset exactly as received.
@@ -145,7 +145,7 @@ class Ingestor:
 
         if not self.spool.has_free_space(self.min_free_mb, len(encoded)):
             logger.error(
-                "refused SOP instance %s from %s: free space in %s is below the %d MiB floor",
+                "rejected SOP instance %s from %s with Out of Resources: free space in %s would fall below the %d MiB floor",
                 identity.sop_uid,
                 sender.ae_title,
                 self.spool.root,

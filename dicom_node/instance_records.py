@@ -1,9 +1,9 @@
 """Database rows for received instances: study, series and instance, in one short transaction.
 
 The C-STORE handler runs this for every instance, so it issues a handful of
-plain statements: the study and series ids are cached after their first
-lookup, counters are incremented in SQL, and the job store is consulted only
-when the study's newest job is no longer waiting.
+plain statements. Study and series ids are cached after their first lookup
+and counters are incremented in SQL. The job store is consulted only when the
+study's newest job is no longer waiting.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class InstanceIdentity:
 
 @dataclass(frozen=True)
 class StoredFile:
-    """Where an instance was written and what its bytes are."""
+    """Spool path, size and digest of a written instance."""
 
     relative_path: Path
     size_bytes: int

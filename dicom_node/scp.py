@@ -1,8 +1,8 @@
 """The C-STORE SCP: MR and Enhanced MR Image Storage plus Verification.
 
-The association checks run in an ``EVT_REQUESTED`` handler so that a host
-can be checked with its AE title; the C-STORE handler hands each instance to
-:class:`~dicom_node.ingest.Ingestor` and answers with its status.
+The association checks run in an ``EVT_REQUESTED`` handler, so that a host
+can be checked together with its AE title. The C-STORE handler passes each
+instance to :class:`~dicom_node.ingest.Ingestor` and returns its status.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from dicom_node.transport import NoDelayApplicationEntity, NoDelayAssociationSer
 
 logger = logging.getLogger(__name__)
 
-# pynetdicom logs the identifiers of C-FIND/C-GET/C-MOVE requests and
-# responses, which may hold patient names and IDs, unless told otherwise.
+# By default pynetdicom logs the identifiers of C-FIND, C-GET and C-MOVE
+# requests and responses, which may contain patient names and IDs.
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 

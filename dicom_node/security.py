@@ -1,4 +1,4 @@
-"""Who may store to the node: calling and called AE titles, peer hosts and DICOM TLS."""
+"""Association checks of the node: calling and called AE titles, peer hosts and DICOM TLS."""
 
 from __future__ import annotations
 

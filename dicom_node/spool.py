@@ -26,7 +26,7 @@ CONFLICTS_DIR = "conflicts"
 PART_SUFFIX = ".part"
 MIB = 1024 * 1024
 
-# PS3.5 section 9.1: a UID is at most 64 characters of digits and dots; each
+# PS3.5 section 9.1: a UID is at most 64 characters of digits and dots. Each
 # component is a number without leading zeros (a single "0" is allowed), and
 # no component is empty.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -38,7 +38,7 @@ class InvalidUidError(ValueError):
 
 
 def is_valid_uid(value: object) -> bool:
-    """Whether ``value`` is a string that follows the PS3.5 section 9.1 UID rules."""
+    """Return whether ``value`` is a string that follows the PS3.5 section 9.1 UID rules."""
     return isinstance(value, str) and 0 < len(value) <= UID_MAX_LENGTH and _UID.match(value) is not None
 
 
@@ -112,7 +112,7 @@ class Spool:
         return target
 
     def has_free_space(self, min_free_mb: int, incoming_bytes: int) -> bool:
-        """Whether ``incoming_bytes`` fit while leaving at least ``min_free_mb`` MiB free."""
+        """Return whether ``incoming_bytes`` fit while leaving at least ``min_free_mb`` MiB free."""
         free = shutil.disk_usage(self.root).free
         return free - incoming_bytes >= min_free_mb * MIB
 

@@ -80,8 +80,10 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
 def peer_environment(tcp_nodelay: bool | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Return an environment for a DCMTK or Orthanc process.
 
-    DCMTK 3.6.7 sets TCP_NODELAY on its sockets only when the environment
-    variable ``TCP_NODELAY`` is ``1``; ``tcp_nodelay`` None leaves it as inherited.
+    DCMTK since 3.6.x leaves Nagle's algorithm on unless it was built with
+    DISABLE_NAGLE_ALGORITHM or the environment variable ``TCP_NODELAY`` is
+    ``1`` (dcmnet's DUL reads it), and Debian's 3.6.7 build leaves it on.
+    ``tcp_nodelay`` None leaves the variable as inherited.
     """
     environment = dict(os.environ if base is None else base)
     if tcp_nodelay is True:
@@ -127,9 +129,9 @@ def parse_store_statuses(output: str) -> list[tuple[str, str]]:
 def storescu_profile_args(folder: Path, sop_classes: Sequence[str], transfer_syntaxes: Sequence[str]) -> list[str]:
     """Write a ``storescu --config-file`` profile and return the arguments that select it.
 
-    storescu 3.6.7 proposes uncompressed transfer syntaxes only, unless told
-    otherwise, and has no flag for some syntaxes (JPEG Lossless Process 14,
-    1.2.840.10008.1.2.4.57); a profile proposes exactly the syntaxes given,
+    By default storescu 3.6.7 proposes uncompressed transfer syntaxes only,
+    and it has no flag for some syntaxes (JPEG Lossless Process 14,
+    1.2.840.10008.1.2.4.57). A profile proposes exactly the syntaxes given,
     in one presentation context per SOP class.
     """
     syntax_lines = [f"TransferSyntax{number} = {uid}" for number, uid in enumerate(transfer_syntaxes, 1)]
@@ -320,7 +322,7 @@ class OrthancPeer:
         return uids
 
     def is_ready(self) -> bool:
-        """Whether the REST API answers."""
+        """Return whether the REST API responds."""
         try:
             self.rest_get("/system", timeout_s=2.0)
         except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError):

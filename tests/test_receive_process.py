@@ -6,17 +6,20 @@ import os
 import signal
 import subprocess
 import sys
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydantic import BaseModel
 from sqlalchemy import select
 
+from config.settings import Settings, load_settings
 from db.models import Instance
 from db.session import create_db_engine, make_session_factory
-from dicom_node.cli import main, serve_overrides, build_parser
+from dicom_node.cli import build_parser, main, serve_overrides
 from tests.conftest import free_port
 from tests.peers import parse_store_statuses, port_is_open, stop_process, storescu_command, wait_until
 from tests.receive_helpers import (
@@ -178,3 +181,25 @@ def test_serve_port_given_twice_rejected():
 
     with pytest.raises(ValueError, match="port given twice"):
         serve_overrides(args)
+
+
+def _field_names(model: type[BaseModel]) -> set[str]:
+    names = set()
+    for name, field in model.model_fields.items():
+        names.add(name)
+        annotation = field.annotation
+        for candidate in (annotation, *typing.get_args(annotation)):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                names |= _field_names(candidate)
+    return names
+
+
+def test_example_config_documents_every_setting():
+    example = REPOSITORY_ROOT / "deploy" / "config.example.toml"
+    text = example.read_text(encoding="utf-8")
+
+    loaded = load_settings(example, environ={})
+
+    assert loaded.model_dump(mode="json") == Settings().model_dump(mode="json")
+    undocumented = sorted(name for name in _field_names(Settings) if name not in text)
+    assert undocumented == []

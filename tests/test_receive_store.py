@@ -250,6 +250,7 @@ def test_patient_name_decoded_with_character_set(tmp_path, sqlite_session_factor
     assert study.notes == {}
 
 
+@pytest.mark.filterwarnings("ignore:Unknown encoding 'ISO_IR 999'")
 def test_unknown_character_set_stored_with_note(tmp_path, sqlite_session_factory):
     path = tmp_path / "slice.dcm"
     with pytest.warns(UserWarning, match="ISO_IR 999"):
