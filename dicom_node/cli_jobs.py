@@ -84,6 +84,7 @@ def add_jobs_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "--state", action="append", choices=[state.value for state in JobState], help="only jobs in this state (repeatable)"
     )
     parser.add_argument("--since", type=_parse_since, help="only jobs created at or after this UTC date or time")
+    parser.add_argument("--until", type=_parse_since, help="only jobs created before this UTC date or time")
     parser.add_argument("--ae", help="only studies sent by this calling AE title")
     parser.add_argument("--study", help="only jobs of this StudyInstanceUID")
     parser.add_argument("--limit", type=_page_size, default=50, help="jobs per page (default 50)")
@@ -144,6 +145,7 @@ def run_jobs(args: argparse.Namespace, settings: Settings) -> int:
     filters = JobFilters(
         states=tuple(JobState(state) for state in args.state or ()),
         since=args.since,
+        until=args.until,
         calling_ae_title=args.ae,
         study_instance_uid=args.study,
     )

@@ -23,10 +23,15 @@ _LIST_SEPARATOR = "\x1f"
 
 @dataclass(frozen=True)
 class JobFilters:
-    """Conditions a listed job must meet; None means any."""
+    """Conditions a listed job must meet; None or empty means any.
+
+    ``since`` and ``until`` bound the job's creation time: at or after
+    ``since``, and before ``until``.
+    """
 
     states: tuple[JobState, ...] = ()
     since: dt.datetime | None = None
+    until: dt.datetime | None = None
     calling_ae_title: str | None = None
     study_instance_uid: str | None = None
 
@@ -82,6 +87,8 @@ def _conditions(filters: JobFilters) -> list:
         conditions.append(Job.state.in_(filters.states))
     if filters.since is not None:
         conditions.append(Job.created_at >= filters.since)
+    if filters.until is not None:
+        conditions.append(Job.created_at < filters.until)
     if filters.calling_ae_title:
         conditions.append(Study.calling_ae_title == filters.calling_ae_title)
     if filters.study_instance_uid:

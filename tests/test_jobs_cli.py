@@ -71,11 +71,13 @@ def test_jobs_filters_by_state_and_ae(
     two_states = _jobs_json(capsys, db_url, "--state", "failed", "--state", "queued")
     tomorrow = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)).date().isoformat()
     future = _jobs_json(capsys, db_url, "--since", tomorrow)
+    before_tomorrow = _jobs_json(capsys, db_url, "--until", tomorrow)
 
     assert [job["job_id"] for job in failed["jobs"]] == [three_jobs[1]]
     assert [job["job_id"] for job in by_ae["jobs"]] == [three_jobs[2]]
     assert [job["job_id"] for job in two_states["jobs"]] == [three_jobs[2], three_jobs[1]]
     assert future == {"total": 0, "page": 1, "page_count": 1, "jobs": []}
+    assert before_tomorrow["total"] == 3
 
 
 def test_jobs_pages_with_limit(three_jobs: list[int], db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
