@@ -425,6 +425,23 @@ class LoadedSegmentationModel:
         """Sequence roles the model reads, in channel order."""
         return self.manifest.channels
 
+    def predict_labels(self, batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Return uint8 class ids ``(n, *size)`` for a float32 batch ``(n, h, w, channels)``.
+
+        Class probabilities (softmax of the logits) are resized bilinearly to
+        ``size`` before the argmax, which gives smoother edges than resizing
+        the labels. The model, the resize and the argmax run in one compiled
+        TensorFlow function, in inference mode.
+        """
+        function = self.__dict__.get("_labels_function")
+        if function is None:
+            function = _compile_labels_function(self.model)
+            # The dataclass is frozen, so the compiled function is cached in
+            # the instance dictionary directly.
+            self.__dict__["_labels_function"] = function
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return function(batch, np.asarray(size, dtype=np.int32)).numpy()
+
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
         """Return logits ``(n, h, w, classes)`` for a float32 batch ``(n, h, w, channels)``.
 
@@ -434,6 +451,25 @@ class LoadedSegmentationModel:
         output = self.model(np.ascontiguousarray(batch, dtype=np.float32), training=False)
         # TensorFlow tensors convert with .numpy(); np.asarray on them warns under NumPy 2.
         return output.numpy() if hasattr(output, "numpy") else np.asarray(output)
+
+
+def _compile_labels_function(model: keras.Model):
+    import tensorflow as tf  # noqa: PLC0415 (TensorFlow start-up is slow, so import only when needed)
+
+    # A fixed signature with any batch size and any output size makes
+    # TensorFlow trace the model once, not once per batch or image shape.
+    signature = [
+        tf.TensorSpec([None, *model.input_shape[1:]], tf.float32),
+        tf.TensorSpec([2], tf.int32),
+    ]
+
+    @tf.function(input_signature=signature)
+    def labels(batch, size):
+        probabilities = tf.nn.softmax(model(batch, training=False), axis=-1)
+        resized = tf.image.resize(probabilities, size, method="bilinear")
+        return tf.cast(tf.argmax(resized, axis=-1), tf.uint8)
+
+    return labels
 
 
 _cache: dict[tuple[Path, str], LoadedSegmentationModel] = {}

@@ -171,8 +171,7 @@ def predict_mask(
     out_shape = sitk.GetArrayViewFromImage(oriented_reference).shape[1:]
     labels = np.empty((inputs.shape[0], *out_shape), dtype=np.uint8)
     for start in range(0, inputs.shape[0], batch_size):
-        logits = model.predict_logits(inputs[start : start + batch_size])
-        labels[start : start + batch_size] = _labels_at_size(logits, out_shape)
+        labels[start : start + batch_size] = model.predict_labels(inputs[start : start + batch_size], out_shape)
 
     raw = (labels == manifest.tumour_class).astype(np.uint8)
     mask = _to_original_grid(raw, oriented_reference, reference)
@@ -209,11 +208,17 @@ def postprocess_mask(
     if sizes[largest - 1] * float(np.prod(spacing)) < min_component_mm3:
         return np.zeros(binary.shape, dtype=np.uint8)
 
-    component = labelled == largest
+    # Holes lie inside the component's bounding box, so filling works on that
+    # box only, which is much faster than on whole 512 x 512 slices.
+    box = ndimage.find_objects(labelled, max_label=largest)[largest - 1]
+    component = labelled[box] == largest
     for index in range(component.shape[0]):
         component[index] = ndimage.binary_fill_holes(component[index])
     component = ndimage.binary_fill_holes(component)
-    return component.astype(np.uint8)
+
+    result = np.zeros(binary.shape, dtype=np.uint8)
+    result[box] = component
+    return result
 
 
 def tumour_volume_mm3(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
@@ -229,8 +234,17 @@ def max_diameter_mm(mask: np.ndarray, geometry: GridGeometry) -> float:
     empty mask or a single voxel.
     """
     binary = np.asarray(mask, dtype=bool)
-    surface = binary & ~ndimage.binary_erosion(binary, _FULL_CONNECTIVITY_3D)
-    indices = np.argwhere(surface)[:, ::-1].astype(float)
+    boxes = ndimage.find_objects(binary.astype(np.uint8))
+    if not boxes:
+        return 0.0
+
+    # Erode only the bounding box, padded by one voxel so that voxels on the
+    # box edge count as surface just as in the whole array.
+    box = boxes[0]
+    cropped = np.pad(binary[box], 1)
+    surface = cropped & ~ndimage.binary_erosion(cropped, _FULL_CONNECTIVITY_3D)
+    offset = np.array([s.start for s in box]) - 1
+    indices = (np.argwhere(surface) + offset)[:, ::-1].astype(float)
     if len(indices) < 2:
         return 0.0
 
@@ -299,23 +313,6 @@ def _resize_slices(array: np.ndarray, size: tuple[int, int], *, order: int) -> n
     if factors[1:] == (1.0, 1.0):
         return array
     return ndimage.zoom(array, factors, order=order, mode="nearest", grid_mode=True)
-
-
-def _labels_at_size(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Return per-pixel class ids after resizing class probabilities to ``size``.
-
-    Probabilities are resized linearly before the argmax, which gives smoother
-    edges than resizing the labels with nearest-neighbour interpolation.
-    """
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    probabilities = np.exp(shifted)
-    probabilities /= probabilities.sum(axis=-1, keepdims=True)
-
-    resized = [
-        _resize_slices(probabilities[..., index], size, order=1)
-        for index in range(probabilities.shape[-1])
-    ]
-    return np.argmax(np.stack(resized, axis=-1), axis=-1).astype(np.uint8)
 
 
 def _to_original_grid(

@@ -200,3 +200,9 @@ def test_predict_mask_misaligned_volumes_rejected() -> None:
     with pytest.raises(InputError, match="T2 volume is not on the grid of the CE-T1") as info:
         predict_mask(model, volumes)
     assert info.value.code == "misaligned_volumes"
+
+
+def test_max_diameter_of_mask_touching_edges() -> None:
+    mask = np.ones((3, 4, 5), np.uint8)
+    expected = np.sqrt(4**2 + 3**2 + 2**2)
+    assert max_diameter_mm(mask, _geometry(mask.shape)) == pytest.approx(expected)
