@@ -190,3 +190,22 @@ def test_load_volume_sorts_and_reduces(tmp_path: Path) -> None:
     assert volume.pixels.shape == (4, 32, 32)
     assert volume.row_spacing == pytest.approx(4.0)
     assert list(volume.positions[:, 2]) == sorted(volume.positions[:, 2])
+
+
+def test_compare_without_shared_frame_uses_whole_series() -> None:
+    pre = _phantom(enhanced=False, seed=6).astype(np.float32)
+    post = _phantom(enhanced=True, seed=7).astype(np.float32)
+
+    verdict = compare_enhancement(
+        _volume(post, 2.0, SLICES),
+        _volume(pre, 2.0, [height + 100.0 for height in SLICES]),
+        EnhancementRules(),
+        first_uid="post",
+        second_uid="pre",
+        same_frame_of_reference=False,
+        labels=("series 7", "series 3"),
+    )
+
+    assert verdict.post_contrast_uid == "post"
+    assert verdict.details["region"] == "whole series"
+    assert verdict.summary.startswith("image comparison (whole series): series 7 is brighter after normalisation by")
