@@ -30,7 +30,7 @@ from dicom_node.spool import InvalidUidError, Spool, validate_uid
 
 logger = logging.getLogger(__name__)
 
-RECORD_ATTEMPTS = 3
+RECORD_ATTEMPTS = 5
 
 
 class StoreOutcome(enum.Enum):

@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from db.models import Instance, Job, Series, Study
 from db.states import JobState
-from tests.peers import require_binary, storescu, storescu_profile_args
+from tests.peers import parse_store_statuses, require_binary, storescu, storescu_command, storescu_profile_args
 from tests.receive_helpers import (
     MR_IMAGE_STORAGE,
     SeriesSpec,
@@ -266,3 +266,30 @@ def test_unknown_character_set_stored_with_note(tmp_path, sqlite_session_factory
         study = session.scalars(select(Study)).one()
     assert study.patient_name == "Plain^Ascii"
     assert "ISO_IR 999" in study.notes["character_set"]
+
+
+def test_parallel_associations_same_study(tmp_path, session_factory):
+    # Four associations create the same new study and series at once, so
+    # the losers of the race for the new rows must retry and find them.
+    study_uid, series_uid = generate_uid(), generate_uid()
+    files = write_series(tmp_path / "in", T2, 24, study_uid=study_uid, series_uid=series_uid)
+    groups = [files[index::4] for index in range(4)]
+
+    with running_scp(tmp_path / "spool", session_factory) as scp:
+        senders = [
+            subprocess.Popen(storescu_command(group, scp.port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for group in groups
+        ]
+        outputs = [sender.communicate(timeout=120)[0] for sender in senders]
+
+    succeeded = [path for output in outputs for path, status in parse_store_statuses(output) if status == "Success"]
+    assert len(succeeded) == 24, "\n".join(outputs)
+    with session_factory() as session:
+        study = session.scalars(select(Study)).one()
+        series = session.scalars(select(Series)).one()
+        instances = session.scalars(select(Instance)).all()
+        jobs = session.scalars(select(Job)).all()
+    assert study.instance_count == 24
+    assert series.instance_count == 24
+    assert len(instances) == 24
+    assert len(jobs) == 1
