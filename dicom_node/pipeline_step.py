@@ -51,7 +51,9 @@ class JobContext:
     ``series`` maps a role value (``"ce_t1"``, ``"t2"``, ``"t1"``) to the
     series chosen for it. ``superseded_outputs`` are the objects of the
     nearest earlier run of the study that produced any, so a step can
-    reference or replace them.
+    reference or replace them. ``role_evidence`` maps a role label
+    (``"CE-T1"``) to the assembly's one-line summary of why its series got
+    that role, for the SR.
     """
 
     job_id: int
@@ -60,6 +62,7 @@ class JobContext:
     series: Mapping[str, RoleSeries]
     settings: Settings
     superseded_outputs: tuple[PriorOutput, ...] = ()
+    role_evidence: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from dicom_node.outbox import complete_job
 from dicom_node.output_files import remove_stale_files, write_output_file
 from dicom_node.pipeline_step import JobContext, OutputObject, PipelineStep, PriorOutput, RoleSeries, StepOutcome
 from inference.errors import InputError
+from inference.result import SequenceRole
 
 logger = logging.getLogger(__name__)
 
@@ -421,4 +422,16 @@ def build_context(session: Session, job: Job, settings: Settings) -> JobContext:
         series=series,
         settings=settings,
         superseded_outputs=_prior_outputs(session, job),
+        role_evidence=_role_evidence(chosen),
     )
+
+
+def _role_evidence(chosen: dict[str, Series]) -> dict[str, str]:
+    # The assembly stores a dict per series; its "summary" is the one line meant for people.
+    labels = {role.value: role.label for role in SequenceRole}
+    evidence = {}
+    for role, row in chosen.items():
+        summary = (row.role_evidence or {}).get("summary")
+        if summary:
+            evidence[labels.get(role, role)] = str(summary)
+    return evidence

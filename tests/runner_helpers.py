@@ -76,7 +76,14 @@ def add_study(
         session.add(study)
         session.flush()
     for role in roles:
-        series = Series(study_id=study.id, series_instance_uid=generate_uid(), modality="MR", role=role, instance_count=slices)
+        series = Series(
+            study_id=study.id,
+            series_instance_uid=generate_uid(),
+            modality="MR",
+            role=role,
+            instance_count=slices,
+            role_evidence={"role": role, "summary": f"{role} by test rule", "matched": []},
+        )
         session.add(series)
         session.flush()
         # Write the slices in reverse so the context's InstanceNumber order is checked.

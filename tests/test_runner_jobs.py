@@ -36,6 +36,7 @@ def test_runner_done_without_destinations(tmp_path: Path, session_factory: sessi
     assert state is JobState.DONE
     context = step.contexts[0]
     assert set(context.series) == {"ce_t1", "t2", "t1"}
+    assert context.role_evidence == {"CE-T1": "ce_t1 by test rule", "T2": "t2 by test rule", "T1": "t1 by test rule"}
     with session_scope(session_factory) as session:
         job = session.get(Job, job_id)
         outputs = session.scalars(select(Output).where(Output.job_id == job_id)).all()
