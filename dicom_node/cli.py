@@ -11,6 +11,7 @@ import importlib
 import inspect
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -121,9 +122,21 @@ def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Sett
 
 def _run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from dicom_node.app import Node
+    from dicom_node.study_pipeline import StudyPipeline
 
-    Node(settings).serve_forever()
+    step = StudyPipeline(settings)
+    # Loading TensorFlow and the model takes seconds; the SCP accepts
+    # studies meanwhile, and the first job waits for the shared model.
+    threading.Thread(target=_warm_up, args=(step,), name="otscc-warm-up", daemon=True).start()
+    Node(settings, pipeline_step=step).serve_forever()
     return 0
+
+
+def _warm_up(step: Any) -> None:
+    try:
+        step.warm_up()
+    except Exception as exc:  # noqa: BLE001 - reported here; each job reports it again
+        logger.error("segmentation model cannot be loaded: %s; jobs fail until it is fixed", exc)
 
 
 def _run_echo(args: argparse.Namespace, _settings: Settings | None) -> int:
