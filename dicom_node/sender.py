@@ -207,6 +207,12 @@ def _store_one(assoc: Association, info: _FileInfo) -> InstanceResult:
     except RuntimeError:
         # pynetdicom raises this when the peer aborted between our check and the request.
         return InstanceResult(info.path, info.sop_instance_uid, SendOutcome.TRANSIENT, None, "association aborted by the peer")
+    except ValueError as exc:
+        # pynetdicom raises this when no accepted context can carry the file's
+        # transfer syntax, for example a compressed file and a peer that took
+        # only uncompressed syntaxes; the same peer will refuse it again.
+        message = f"no accepted presentation context fits transfer syntax {info.transfer_syntax_uid}: {exc}"
+        return InstanceResult(info.path, info.sop_instance_uid, SendOutcome.PERMANENT, None, message)
     if "Status" not in response:
         reason = "association aborted" if assoc.is_aborted else "no valid response (DIMSE timeout or abort)"
         return InstanceResult(info.path, info.sop_instance_uid, SendOutcome.TRANSIENT, None, reason)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ImplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import ImplicitVRLittleEndian, MRImageStorage, RLELossless
 
 from config.settings import DestinationSettings
 from dicom_node.sender import SendOutcome, SendTimeouts, classify_status, send_datasets
@@ -74,6 +74,19 @@ def test_implicit_only_peer_still_receives(tmp_path: Path) -> None:
     assert report.outcome is SendOutcome.DELIVERED
     assert len(received) == 1
     assert dcmread(received[0]).file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+
+
+def test_compressed_file_to_uncompressed_peer(tmp_path: Path) -> None:
+    image = _mr_slice("1.2.826.0.1.3680043.8.498.79", "1.2.826.0.1.3680043.8.498.80", 1)
+    image.compress(RLELossless, encoding_plugin="pydicom")
+    paths = [write_part10(image, tmp_path / "out")]
+    with storescp(tmp_path / "received", extra=("+xi",)) as peer:
+        report = send_datasets(_destination(peer.ae_title, peer.port), paths, calling_ae="OTSCC_NODE", timeouts=TIMEOUTS)
+        received = peer.received_files()
+
+    assert report.outcome is SendOutcome.PERMANENT
+    assert report.instances[0].message.startswith(f"no accepted presentation context fits transfer syntax {RLELossless}")
+    assert received == []
 
 
 def test_warning_status_counts_as_delivered(tmp_path: Path) -> None:
