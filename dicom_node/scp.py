@@ -28,7 +28,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import EnhancedMRImageStorage, MRImageStorage, Verification
 
 from config.settings import NodeSettings
-from dicom_node import dimse_status
+from dicom_node import dimse_status, metrics
 from dicom_node.ingest import Ingestor, Sender
 from dicom_node.security import PeerPolicy, build_ssl_context
 from dicom_node.transport import NoDelayApplicationEntity, NoDelayAssociationServer
@@ -164,6 +164,7 @@ class StorageScp:
             called,
             reason.name.lower().replace("_", " "),
         )
+        metrics.record_association_rejected(reason.name.lower())
         event.assoc.acse.send_reject(*reason.result_source_diagnostic)
         # As pynetdicom does after its own rejections: wait until the DUL has
         # sent the A-ASSOCIATE-RJ and the peer closed the connection.
@@ -223,4 +224,5 @@ class StorageScp:
             dimse_status.describe_status(result.status),
             result.outcome.value,
         )
+        metrics.record_instance_received(result.outcome.value)
         return result.status

@@ -22,7 +22,10 @@ STOP_TIMEOUT_S = 10.0
 
 def _bind(address: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose
+    # proto is IPPROTO_TCP, and with Nagle on, uvicorn's separate writes of
+    # headers and body wait for the client's delayed ACK (about 40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((address, port))
@@ -119,5 +122,5 @@ class DashboardServer:
 
     @property
     def alive(self) -> bool:
-        """Whether the server thread is running."""
+        """Return whether the server thread is running."""
         return self._thread is not None and self._thread.is_alive()
