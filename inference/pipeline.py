@@ -136,6 +136,7 @@ def run_pipeline(
         images, alignment = _align(volumes, reference_role, options, notes)
 
     with _timed(timings, "segment"):
+        notes.extend(_orientation_notes(reference, reference_role))
         mask = predict_mask(
             model,
             {role: images[role] for role in model.roles},
@@ -254,6 +255,19 @@ def _align(
                 f"{reference_role.label} series and was aligned by patient coordinates only."
             )
     return images, records
+
+
+def _orientation_notes(reference: SeriesVolume, role: SequenceRole) -> list[str]:
+    # The model reads axial slices; segment.orient_for_model reorders the
+    # voxels of any other orientation into axial slices without interpolation.
+    normal = np.array(reference.image.GetDirection()).reshape(3, 3)[:, 2]
+    if int(np.argmax(np.abs(normal))) == 2:
+        return []
+    code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(reference.image.GetDirection())
+    return [
+        f"The {role.label} series is not axial (orientation {code}); the model segmented "
+        "axial reformats of it, so through-plane detail is limited by its slice spacing."
+    ]
 
 
 def _segmentation(mask: np.ndarray, reference: SeriesVolume) -> Segmentation:

@@ -13,7 +13,7 @@ import pytest
 from inference.errors import InputError, ModelPackageError
 from inference.pipeline import PipelineOptions, run_pipeline
 from inference.result import SequenceRole
-from tests.inference_helpers import threshold_model
+from tests.inference_helpers import threshold_model, write_mr_series
 from tests.nomogram_helpers import hand_model_document
 from training.phantom import make_study
 
@@ -128,3 +128,18 @@ def test_pipeline_options_are_frozen() -> None:
     options = PipelineOptions()
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.register = True
+
+
+def test_pipeline_sagittal_series_gets_note(tmp_path: Path) -> None:
+    pixels = np.zeros((10, 32, 32), np.uint16)
+    pixels[3:7, 10:20, 12:22] = 3000
+    paths = write_mr_series(tmp_path, pixels, spacing=(1.0, 1.0, 1.0), row=(0.0, 1.0, 0.0), column=(0.0, 0.0, -1.0))
+    result = run_pipeline(
+        {SequenceRole.CE_T1: paths},
+        segmentation_model=threshold_model(("ce_t1",)),
+        options=PipelineOptions(min_component_mm3=1.0),
+    )
+    assert any("series is not axial (orientation PIR)" in note for note in result.notes)
+    assert result.segmentation.mask.shape == (10, 32, 32)
+    assert result.segmentation.mask[5, 15, 17] == 1
+    assert result.segmentation.mask[0, 0, 0] == 0
