@@ -82,37 +82,67 @@ def find_source(session: Session, study_id: int, spool_dir: Path) -> ThumbnailSo
     )
 
 
-def _read_slices(paths: tuple[Path, ...]) -> dict[str, pydicom.Dataset]:
+# A slice is one frame of one SOP instance: (SOPInstanceUID, frame number from 1).
+SliceKey = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class SourceSlice:
+    """One CE-T1 frame: its pixels and its position along the slice normal."""
+
+    pixels: np.ndarray
+    position: float
+
+
+def _frame_position(dataset: pydicom.Dataset, frame_index: int) -> float:
+    # Position along the slice normal, from the classic attributes or the
+    # Enhanced MR functional groups (PS3.3 C.7.6.16.2.2 and C.7.6.16.2.3);
+    # the frame or instance number where the geometry is missing.
+    try:
+        if "PerFrameFunctionalGroupsSequence" in dataset:
+            frame = dataset.PerFrameFunctionalGroupsSequence[frame_index]
+            shared = dataset.SharedFunctionalGroupsSequence[0]
+            orientation_group = frame if "PlaneOrientationSequence" in frame else shared
+            orientation = orientation_group.PlaneOrientationSequence[0].ImageOrientationPatient
+            position = frame.PlanePositionSequence[0].ImagePositionPatient
+        else:
+            orientation = dataset.ImageOrientationPatient
+            position = dataset.ImagePositionPatient
+        normal = np.cross(np.array(orientation[:3], float), np.array(orientation[3:], float))
+        return float(np.dot(normal, np.array(position, float)))
+    except (AttributeError, IndexError, KeyError, ValueError, TypeError):
+        return float(frame_index + (getattr(dataset, "InstanceNumber", 0) or 0))
+
+
+def _read_slices(paths: tuple[Path, ...]) -> dict[SliceKey, SourceSlice]:
     slices = {}
     for path in paths:
         try:
             dataset = pydicom.dcmread(path)
-        except (OSError, pydicom.errors.InvalidDicomError) as exc:
+            pixels = dataset.pixel_array
+        except (OSError, pydicom.errors.InvalidDicomError, AttributeError, ValueError) as exc:
             raise ThumbnailUnavailable(f"cannot read CE-T1 file {path}: {exc}") from exc
-        slices[str(dataset.SOPInstanceUID)] = dataset
+        frames = pixels if int(getattr(dataset, "NumberOfFrames", 1) or 1) > 1 else pixels[np.newaxis]
+        for index, frame in enumerate(frames):
+            key = (str(dataset.SOPInstanceUID), index + 1)
+            slices[key] = SourceSlice(frame, _frame_position(dataset, index))
     if not slices:
         raise ThumbnailUnavailable("the CE-T1 series has no stored instances")
     return slices
 
 
-def _slice_position(dataset: pydicom.Dataset) -> float:
-    # Order along the slice normal; InstanceNumber where the geometry is missing.
-    try:
-        row, column = np.array(dataset.ImageOrientationPatient[:3], float), np.array(dataset.ImageOrientationPatient[3:], float)
-        return float(np.dot(np.cross(row, column), np.array(dataset.ImagePositionPatient, float)))
-    except (AttributeError, ValueError, TypeError):
-        return float(getattr(dataset, "InstanceNumber", 0) or 0)
-
-
-def _frame_source_uid(frame_group: pydicom.Dataset) -> str | None:
+def _frame_source(frame_group: pydicom.Dataset) -> SliceKey | None:
     for derivation in getattr(frame_group, "DerivationImageSequence", []):
         for source in getattr(derivation, "SourceImageSequence", []):
-            return str(source.ReferencedSOPInstanceUID)
+            frame_numbers = getattr(source, "ReferencedFrameNumber", None) or 1
+            if not isinstance(frame_numbers, int):
+                frame_numbers = frame_numbers[0]
+            return str(source.ReferencedSOPInstanceUID), int(frame_numbers)
     return None
 
 
-def tumour_areas(seg_path: Path) -> dict[str, np.ndarray]:
-    """Read a SEG and return, per source SOP Instance UID, the union of its segment masks.
+def tumour_areas(seg_path: Path) -> dict[SliceKey, np.ndarray]:
+    """Read a SEG and return, per source slice, the union of its segment masks.
 
     Raises
     ------
@@ -127,22 +157,20 @@ def tumour_areas(seg_path: Path) -> dict[str, np.ndarray]:
     if frames.ndim == 2:
         frames = frames[np.newaxis]
 
-    masks: dict[str, np.ndarray] = {}
+    masks: dict[SliceKey, np.ndarray] = {}
     for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence):
-        source_uid = _frame_source_uid(group)
-        if source_uid is None:
+        source = _frame_source(group)
+        if source is None:
             raise ThumbnailUnavailable(f"SEG {seg_path} has a frame without a Source Image Sequence")
         mask = frame > 0
-        masks[source_uid] = masks[source_uid] | mask if source_uid in masks else mask
+        masks[source] = masks[source] | mask if source in masks else mask
     return masks
 
 
-def _windowed(dataset: pydicom.Dataset) -> np.ndarray:
+def _windowed(pixels: np.ndarray) -> np.ndarray:
     # Percentiles rather than the stored VOI window, because a phantom or a
     # scanner's default window often clips the enhancing tumour.
-    pixels = dataset.pixel_array.astype(np.float32)
-    if pixels.ndim == 3:
-        pixels = pixels[0]
+    pixels = pixels.astype(np.float32)
     low, high = np.percentile(pixels, [1.0, 99.5])
     scaled = (pixels - low) / max(float(high - low), 1e-6)
     return (np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
@@ -178,23 +206,20 @@ def build_thumbnail(source: ThumbnailSource) -> bytes:
         If the CE-T1 files or the SEG cannot be read.
     """
     slices = _read_slices(source.instance_paths)
+    ordered = sorted(slices.values(), key=lambda item: item.position)
+    middle = ordered[len(ordered) // 2].pixels
     if source.seg_path is None:
-        ordered = sorted(slices.values(), key=_slice_position)
-        middle = ordered[len(ordered) // 2]
         return render_png(_windowed(middle), None, "no SEG: middle CE-T1 slice")
 
-    masks = {uid: mask for uid, mask in tumour_areas(source.seg_path).items() if uid in slices}
-    if not masks or not any(mask.any() for mask in masks.values()):
-        ordered = sorted(slices.values(), key=_slice_position)
-        return render_png(_windowed(ordered[len(ordered) // 2]), None, "SEG has no tumour: middle CE-T1 slice")
+    masks = {key: mask for key, mask in tumour_areas(source.seg_path).items() if key in slices}
+    if not any(mask.any() for mask in masks.values()):
+        return render_png(_windowed(middle), None, "SEG has no tumour: middle CE-T1 slice")
 
-    best_uid = max(masks, key=lambda uid: int(masks[uid].sum()))
-    image = _windowed(slices[best_uid])
-    mask = masks[best_uid]
+    best = max(masks, key=lambda key: int(masks[key].sum()))
+    image = _windowed(slices[best].pixels)
+    mask = masks[best]
     if mask.shape != image.shape:
-        raise ThumbnailUnavailable(
-            f"SEG frame size {mask.shape} differs from the CE-T1 slice size {image.shape}"
-        )
+        raise ThumbnailUnavailable(f"SEG frame size {mask.shape} differs from the CE-T1 slice size {image.shape}")
     return render_png(image, mask, None)
 
 
