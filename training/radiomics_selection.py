@@ -58,16 +58,21 @@ class CorrelationFilter(SelectorMixin, BaseEstimator):
         correlation = np.atleast_2d(np.nan_to_num(correlation, nan=0.0))
         np.fill_diagonal(correlation, 0.0)
 
-        keep = np.ones(X.shape[1], dtype=bool)
-        while True:
-            kept = np.flatnonzero(keep)
-            block = correlation[np.ix_(kept, kept)]
-            if block.size == 0 or block.max() <= self.threshold:
+        n_features = X.shape[1]
+        keep = np.ones(n_features, dtype=bool)
+        # Sums over the kept features; both features of a pair share the
+        # denominator of the mean, so comparing sums compares means.
+        totals = correlation.sum(axis=1)
+        remaining = correlation.copy()
+        while n_features > 1:
+            first, second = np.unravel_index(np.argmax(remaining), remaining.shape)
+            if remaining[first, second] <= self.threshold:
                 break
-            first, second = np.unravel_index(np.argmax(block), block.shape)
-            mean_correlation = block.mean(axis=1)
-            drop = first if mean_correlation[first] >= mean_correlation[second] else second
-            keep[kept[drop]] = False
+            drop = first if totals[first] >= totals[second] else second
+            keep[drop] = False
+            totals -= correlation[:, drop]
+            remaining[drop, :] = -1.0
+            remaining[:, drop] = -1.0
 
         self.support_ = keep
         return self
@@ -230,16 +235,27 @@ class RfeSelector(SelectorMixin, BaseEstimator):
 
     It wraps :class:`~sklearn.feature_selection.RFE` and caps the number of
     features at the number available, which RFE only warns about.
+
+    Parameters
+    ----------
+    n_features_to_select : int
+        Number of features to keep.
+    step : float
+        Share of the remaining features removed per round. Removing one at
+        a time took minutes for 860 features inside cross-validation.
     """
 
-    def __init__(self, n_features_to_select: int = 10) -> None:
+    def __init__(self, n_features_to_select: int = 10, step: float = 0.1) -> None:
         self.n_features_to_select = n_features_to_select
+        self.step = step
 
     def fit(self, X, y) -> RfeSelector:
         """Run the elimination and keep the surviving features."""
         X, y = validate_data(self, X, y)
         n_keep = max(1, min(self.n_features_to_select, X.shape[1]))
-        self.rfe_ = RFE(LogisticRegression(max_iter=1000), n_features_to_select=n_keep).fit(X, y)
+        self.rfe_ = RFE(
+            LogisticRegression(max_iter=1000), n_features_to_select=n_keep, step=self.step
+        ).fit(X, y)
         self.support_ = self.rfe_.support_
         return self
 
