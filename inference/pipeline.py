@@ -276,6 +276,7 @@ def _segmentation(mask: np.ndarray, reference: SeriesVolume) -> Segmentation:
         mask=mask,
         geometry=geometry,
         source_sop_instance_uids=reference.sop_instance_uids,
+        source_frame_numbers=reference.frame_numbers,
         volume_mm3=tumour_volume_mm3(mask, geometry.spacing),
         max_diameter_mm=max_diameter_mm(mask, geometry),
     )

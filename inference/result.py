@@ -98,6 +98,10 @@ class Segmentation:
     source_sop_instance_uids: tuple[str, ...]
     volume_mm3: float
     max_diameter_mm: float
+    # 1-based frame number of slice k inside a multi-frame (Enhanced MR)
+    # source instance, or None where that instance is single-frame. Empty
+    # when unknown, which writers treat as all single-frame.
+    source_frame_numbers: tuple[int | None, ...] = ()
 
     @property
     def is_empty(self) -> bool:

@@ -13,7 +13,7 @@ import pytest
 from inference.errors import InputError, ModelPackageError
 from inference.pipeline import PipelineOptions, run_pipeline
 from inference.result import SequenceRole
-from tests.inference_helpers import threshold_model, write_mr_series
+from tests.inference_helpers import threshold_model, write_enhanced_mr, write_mr_series
 from tests.nomogram_helpers import hand_model_document
 from training.phantom import make_study
 
@@ -48,6 +48,7 @@ def test_pipeline_runs_every_stage(study, nomogram_path: Path) -> None:
     assert result.study_instance_uid == study.study_instance_uid
     assert result.series[SequenceRole.T2].series_instance_uid == study.series_instance_uids[SequenceRole.T2]
     assert result.segmentation.source_sop_instance_uids == tuple(study.sop_instance_uids[SequenceRole.CE_T1])
+    assert result.segmentation.source_frame_numbers == (None,) * len(study.sop_instance_uids[SequenceRole.CE_T1])
     assert result.segmentation.mask.shape == study.mask.shape
     np.testing.assert_allclose(result.segmentation.geometry.origin, study.geometry.origin, atol=1e-3)
     np.testing.assert_allclose(result.segmentation.geometry.spacing, study.geometry.spacing, atol=1e-4)
@@ -143,3 +144,18 @@ def test_pipeline_sagittal_series_gets_note(tmp_path: Path) -> None:
     assert result.segmentation.mask.shape == (10, 32, 32)
     assert result.segmentation.mask[5, 15, 17] == 1
     assert result.segmentation.mask[0, 0, 0] == 0
+
+
+def test_pipeline_enhanced_mr_keeps_frame_numbers(tmp_path: Path) -> None:
+    pixels = np.zeros((6, 32, 32), np.uint16)
+    pixels[2:5, 10:20, 12:22] = 3000
+    path = write_enhanced_mr(tmp_path / "enhanced.dcm", pixels, frame_order=[5, 4, 3, 2, 1, 0])
+    result = run_pipeline(
+        {SequenceRole.CE_T1: [path]},
+        segmentation_model=threshold_model(("ce_t1",)),
+        options=PipelineOptions(min_component_mm3=1.0),
+    )
+    uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+    assert result.segmentation.source_sop_instance_uids == (uid,) * 6
+    assert result.segmentation.source_frame_numbers == (6, 5, 4, 3, 2, 1)
+    assert result.segmentation.mask[3].any()
