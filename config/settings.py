@@ -13,9 +13,17 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from config.roles import RoleRules
 
@@ -43,6 +51,16 @@ def validate_ae_title(value: str, *, field_name: str = "ae_title") -> str:
 class _Section(BaseModel):
     # Unknown keys are an error, so a typo in the file is reported instead of ignored.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_string_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        # TOML has no null, so an empty string is how a file or an
+        # environment variable turns off an optional path or URL.
+        field = cls.model_fields.get(info.field_name)
+        if value == "" and field is not None and type(None) in get_args(field.annotation):
+            return None
+        return value
 
 
 class AllowedPeer(_Section):
