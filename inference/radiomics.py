@@ -85,7 +85,11 @@ def extract_tumour_features(
     -------
     RadiomicsResult
         Status ``"ok"`` with the features, or ``"roi_too_small"`` with a
-        message when the mask is empty or too small for pyradiomics.
+        message when the mask is empty or too small for pyradiomics
+        (``minimumROISize`` and ``minimumROIDimensions`` in the parameter
+        file, checked after resampling). A tumour cut by the edge of the
+        image is measured as far as it is inside, so it gives
+        ``"roi_too_small"`` only when that part is too small.
 
     Raises
     ------

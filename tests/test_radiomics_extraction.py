@@ -123,6 +123,31 @@ def test_single_voxel_mask_gives_roi_too_small(study) -> None:
     assert result.status == "roi_too_small"
 
 
+def test_mask_cut_by_image_edge_is_extracted(study) -> None:
+    images, mask = study
+    array = np.zeros(SHAPE_ZYX, np.uint8)
+    # A lesion whose centre lies outside the field of view: only a corner remains.
+    array[:3, :12, :12] = 1
+
+    result = extract_tumour_features(images, _mask_like(array, mask))
+
+    assert result.status == "ok"
+    assert result.features["ce_t1_original_shape_VoxelVolume"] == pytest.approx(
+        3 * 12 * 12 * 0.5 * 0.5 * 4.0
+    )
+
+
+def test_sliver_at_image_edge_gives_roi_too_small(study) -> None:
+    images, mask = study
+    array = np.zeros(SHAPE_ZYX, np.uint8)
+    array[-1, 0, :3] = 1
+
+    result = extract_tumour_features(images, _mask_like(array, mask))
+
+    assert result.status == "roi_too_small"
+    assert "3 voxels" in result.message
+
+
 def test_geometry_within_tolerance_is_accepted(study) -> None:
     images, mask = study
     shifted = sitk.Image(mask)
