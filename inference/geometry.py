@@ -81,7 +81,7 @@ def slice_order(slices: list[SliceGeometry]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def find_spacing_problem(distances: np.ndarray) -> tuple[float, SpacingProblem | None]:
-    """Return the median slice spacing and the first spacing defect, if any.
+    """Return the regular slice spacing and the first spacing defect, if any.
 
     Parameters
     ----------
@@ -89,7 +89,10 @@ def find_spacing_problem(distances: np.ndarray) -> tuple[float, SpacingProblem |
         Sorted slice positions along the normal, in mm, without duplicates.
     """
     steps = np.diff(distances)
-    median = float(np.median(steps))
+    # The regular spacing is the median of the steps near the smallest one, so
+    # a short series with one gap is not measured against a median that the
+    # gap itself has inflated.
+    median = float(np.median(steps[steps < GAP_RATIO * steps.min()]))
     tolerance = SPACING_RELATIVE_TOLERANCE * median + POSITION_TOLERANCE_MM
 
     for index, step in enumerate(steps):

@@ -283,3 +283,11 @@ def test_ge_adc_matches_simpleitk(test_data_dir: Path) -> None:
     np.testing.assert_allclose(
         sitk.GetArrayFromImage(volume.image), sitk.GetArrayFromImage(reference), rtol=1e-5, atol=1e-3
     )
+
+
+def test_gap_in_three_slices_detected(tmp_path: Path) -> None:
+    paths = write_mr_series(tmp_path, _pixels(15, (4, 20, 24)), origin=(0, 0, 0), spacing=(0.5, 0.5, 2.0))
+    del paths[1]
+    with pytest.raises(InputError, match=r"missing 1 slice\(s\) between 0.00 mm and 4.00 mm") as info:
+        load_series(paths)
+    assert info.value.code == "slice_gap"
