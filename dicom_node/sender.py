@@ -21,6 +21,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 
 from config.settings import DeliverySettings, DestinationSettings
 from dicom_node.transport import NoDelayApplicationEntity
@@ -167,11 +168,23 @@ def _request_contexts(ae: NoDelayApplicationEntity, files: Sequence[_FileInfo]) 
         ae.add_requested_context(sop_class_uid, offered)
 
 
-def _describe_rejection(assoc: Association) -> tuple[SendOutcome, int | None, str]:
-    primitive = assoc.acceptor.primitive
-    result = getattr(primitive, "result", None)
-    source = getattr(primitive, "result_source", None)
-    reason_code = getattr(primitive, "diagnostic", None)
+@dataclass
+class _Negotiation:
+    """Evidence from the association's events: whether TCP connected, and the A-ASSOCIATE-RJ PDU's fields if one arrived."""
+
+    connected: bool = False
+    rejection: tuple[int, int, int] | None = None
+
+    def on_open(self, event: evt.Event) -> None:
+        self.connected = True
+
+    def on_pdu(self, event: evt.Event) -> None:
+        pdu = event.pdu
+        if isinstance(pdu, A_ASSOCIATE_RJ):
+            self.rejection = (pdu.result, pdu.source, pdu.reason_diagnostic)
+
+
+def _describe_rejection(result: int, source: int, reason_code: int) -> tuple[SendOutcome, int | None, str]:
     reason = _REJECT_REASONS.get((source, reason_code), f"source {source}, reason {reason_code}")
     outcome = SendOutcome.PERMANENT if result == REJECTED_PERMANENT else SendOutcome.TRANSIENT
     return outcome, result, f"association rejected ({reason})"
@@ -279,11 +292,11 @@ def send_datasets(
     ae.network_timeout = timeouts.network_s
     _request_contexts(ae, files)
 
-    connected: list[bool] = []
-    handlers = [(evt.EVT_CONN_OPEN, lambda event: connected.append(True))]
+    negotiation = _Negotiation()
+    handlers = [(evt.EVT_CONN_OPEN, negotiation.on_open), (evt.EVT_PDU_RECV, negotiation.on_pdu)]
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, evt_handlers=handlers)
     try:
-        report = _send_over(assoc, destination, files, connected=bool(connected))
+        report = _send_over(assoc, destination, files, negotiation)
     finally:
         if assoc.is_established:
             assoc.release()
@@ -303,17 +316,20 @@ def send_datasets(
 
 
 def _send_over(
-    assoc: Association, destination: DestinationSettings, files: Sequence[_FileInfo], *, connected: bool
+    assoc: Association, destination: DestinationSettings, files: Sequence[_FileInfo], negotiation: _Negotiation
 ) -> SendReport:
     if not assoc.is_established:
-        if not connected:
+        if not negotiation.connected:
             message = (
                 f"cannot connect to {destination.host}:{destination.port} "
                 "(connection refused, unreachable or timed out)"
             )
             return _failed_before_sending(destination, files, SendOutcome.TRANSIENT, message)
-        if assoc.is_rejected:
-            outcome, result, message = _describe_rejection(assoc)
+        # The received PDU is used instead of assoc.is_rejected, because
+        # pynetdicom 3.0.4 sometimes reports an abort when the peer closes the
+        # connection right after its A-ASSOCIATE-RJ, as DCMTK's storescp does.
+        if negotiation.rejection is not None:
+            outcome, result, message = _describe_rejection(*negotiation.rejection)
             return _failed_before_sending(destination, files, outcome, message, result)
         message = "association aborted or timed out during negotiation"
         return _failed_before_sending(destination, files, SendOutcome.TRANSIENT, message)
