@@ -147,3 +147,64 @@ def test_cli_writes_phantom_cases(tmp_path, capsys):
     assert (tmp_path / "case_001" / "mask.nii.gz").is_file()
     assert len(list((tmp_path / "case_000" / "ce_t1").glob("*.dcm"))) == 4
     assert "case_001" in capsys.readouterr().out
+
+
+def test_dicom_seg_mask_loads_like_nifti(tmp_path):
+    import highdicom
+    import pydicom
+
+    folder = tmp_path / "case"
+    study = make_study(folder, seed=77, **TINY)
+    sources = [pydicom.dcmread(p) for p in study.files[SequenceRole.CE_T1]]
+    segment = highdicom.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="tumour",
+        segmented_property_category=highdicom.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
+        segmented_property_type=highdicom.sr.CodedConcept("86049000", "SCT", "Neoplasm, Primary"),
+        algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = highdicom.seg.Segmentation(
+        source_images=sources,
+        pixel_array=study.mask.astype(bool),
+        segmentation_type=highdicom.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        series_instance_uid=highdicom.UID(),
+        series_number=99,
+        sop_instance_uid=highdicom.UID(),
+        instance_number=1,
+        manufacturer="otscc-node tests",
+        manufacturer_model_name="phantom",
+        software_versions="0",
+        device_serial_number="0",
+    )
+    seg.save_as(folder / "seg.dcm")
+
+    case = load_case(folder)
+
+    assert np.array_equal(case.mask, study.mask)
+
+
+def test_demo_report_marks_synthetic_demo():
+    from training.demo import DemoResult, DemoSettings, render_report
+    from training.seg_eval import CaseScore
+    from training.seg_train import TrainResult
+
+    scores = [CaseScore("test_000", 0.9, 0.82, 100, 98), CaseScore("test_001", 0.8, 0.67, 50, 60)]
+    result = DemoResult(
+        settings=DemoSettings(),
+        segmentation=TrainResult(package=Path("models/demo/segmentation"), best_epoch=7, best_val_dsc=0.88),
+        scores={("CE-T1 + T2 + T1", "test"): scores, ("T2 only", "test"): scores[:1]},
+        seconds={"segmentation model": 300.0, "total": 900.0},
+        nomogram_auc={"test prob_nomogram": "0.800 (95% CI 0.700-0.900)"},
+    )
+
+    page = render_report(result)
+
+    assert "NOT FOR CLINICAL USE" in page
+    assert "synthetic phantoms" in page
+    assert "otscc-train demo" in page
+    assert "mean DSC **0.850**" in page
+    assert "| test_001 | 0.800 | 0.670 | 50 | 60 |" in page
+    assert "| T2 only | test | 1 |" in page
+    assert "| test prob_nomogram | 0.800 (95% CI 0.700-0.900) |" in page
+    assert "| total | 900 |" in page
