@@ -12,6 +12,7 @@ import datetime
 import enum
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,11 +61,35 @@ CLINICAL_VARIABLES: dict[str, ClinicalVariableDefinition] = {
     )
 }
 
+# Forms of a T category that clinics write: an optional y/r prefix and c/p
+# prefix, then T1-T4 with an optional subcategory letter (T4a, T4b).
+_T_STAGE_PATTERN = re.compile(r"^(?:[YR]?[CP])?T([1-4])[A-D]?$")
+_SEX_SYNONYMS = {"MALE": "M", "FEMALE": "F"}
+
 # PatientAge (VR AS) is three digits and one of D, W, M, Y (PS3.5 section 6.2).
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 # Column names that identify the study in a clinical CSV, in lookup order.
 CSV_KEY_COLUMNS = ("AccessionNumber", "PatientID")
+
+
+def canonical_level(name: str, value: object) -> str:
+    """Return a categorical value in the form the nomogram's encoding uses.
+
+    Values are stripped and upper-cased. A T stage such as ``"cT2"``,
+    ``"pT4a"`` or ``"ypT3"`` becomes ``"T2"``, ``"T4"`` or ``"T3"``, and a bare
+    ``"2"`` becomes ``"T2"``. Sex ``"male"`` and ``"female"`` become ``"M"`` and
+    ``"F"``. Other values are only stripped and upper-cased.
+    """
+    level = str(value).strip().upper()
+    if name == "t_stage":
+        if level in ("1", "2", "3", "4"):
+            return f"T{level}"
+        match = _T_STAGE_PATTERN.match(level)
+        return f"T{match.group(1)}" if match else level
+    if name == "sex":
+        return _SEX_SYNONYMS.get(level, level)
+    return level
 
 
 def clinical_from_header(ds: pydicom.Dataset) -> dict[str, object]:
@@ -115,7 +140,7 @@ def read_clinical_csv(path: Path, key: str) -> dict[str, object]:
     matches when its AccessionNumber equals ``key``; PatientID is tried
     only when no AccessionNumber matches. Empty cells are left out, so the
     nomogram treats them as missing. Numeric variables are returned as
-    float and categorical ones as upper-case strings.
+    float and categorical ones as :func:`canonical_level` returns them.
 
     Returns
     -------
@@ -160,7 +185,7 @@ def _parse_cell(column: str, text: str, path: Path) -> object:
     if definition is None:
         return text
     if definition.type is VariableType.CATEGORICAL:
-        return text.upper()
+        return canonical_level(column, text)
     try:
         number = float(text)
     except ValueError as exc:

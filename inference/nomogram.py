@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference.clinical import VariableType
+from inference.clinical import VariableType, canonical_level
 from inference.errors import InputError
 from inference.result import ModelIdentity, NomogramResult
 
@@ -105,8 +105,8 @@ class ClinicalVariable:
                 )
             return number
 
-        level = str(value).strip().upper()
-        levels = {key.upper(): code for key, code in self.encoding.items()}
+        level = canonical_level(self.name, value)
+        levels = {canonical_level(self.name, key): code for key, code in self.encoding.items()}
         if level not in levels:
             raise InputError(
                 f"Clinical variable {self.name!r} has {value!r}, which is not one of "
@@ -223,12 +223,10 @@ class NomogramModel:
         imputation rule is ``"unavailable"``, makes the probability None.
         Every absent input is listed in ``missing_inputs``, and those that
         were replaced by their imputation value also in ``imputed_inputs``.
-
-        Raises
-        ------
-        InputError
-            If a clinical value is present but invalid (code
-            ``"clinical_value_invalid"``).
+        A clinical value that cannot be encoded (not a number, or not a
+        level of the encoding) is treated as missing and also listed in
+        ``invalid_inputs``, so one bad value from the clinic does not stop
+        the study's other results.
         """
         rad_score, missing = self.radiomics_score(features)
         imputed: list[str] = []
@@ -237,11 +235,21 @@ class NomogramModel:
         if rad_score is not None:
             encoded[RAD_SCORE] = rad_score
 
+        invalid: list[str] = []
         for variable in self.clinical_variables:
             value = clinical.get(variable.name)
             if not _is_missing(value):
-                encoded[variable.name] = variable.encode(value)
-                continue
+                try:
+                    encoded[variable.name] = variable.encode(value)
+                    continue
+                except InputError as exc:
+                    # The value itself is not logged: it comes from the patient's record.
+                    logger.warning(
+                        "Clinical input %s is invalid (%s), treated as missing",
+                        variable.name,
+                        exc.code,
+                    )
+                    invalid.append(variable.name)
             missing.append(variable.name)
             if variable.imputation is None:
                 available = False
@@ -258,6 +266,7 @@ class NomogramModel:
             points=points,
             missing_inputs=missing,
             imputed_inputs=imputed,
+            invalid_inputs=invalid,
         )
         if not available:
             logger.info("Nomogram score unavailable, %d inputs missing", len(missing))

@@ -124,7 +124,9 @@ class NomogramResult:
 
     ``probability`` is ``None`` when a required input was missing and the
     model file says not to impute it. ``missing_inputs`` always lists every
-    input that was absent, imputed or not.
+    input that was absent, imputed or not. ``invalid_inputs`` lists the
+    clinical inputs whose value could not be read (a T stage of "T5"); they
+    count as missing and appear in ``missing_inputs`` too.
     """
 
     probability: float | None
@@ -135,6 +137,7 @@ class NomogramResult:
     total_points: float | None = None
     missing_inputs: list[str] = field(default_factory=list)
     imputed_inputs: list[str] = field(default_factory=list)
+    invalid_inputs: list[str] = field(default_factory=list)
 
 
 @dataclass

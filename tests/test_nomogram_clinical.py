@@ -10,6 +10,7 @@ import pytest
 from inference.clinical import (
     CLINICAL_VARIABLES,
     VariableType,
+    canonical_level,
     clinical_from_header,
     read_clinical_csv,
 )
@@ -117,3 +118,28 @@ def test_csv_non_numeric_value_raises(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="column 'doi_mm' has 'deep', which is not a number"):
         read_clinical_csv(path, "A1")
+
+
+@pytest.mark.parametrize(
+    "text, level",
+    [
+        ("T2", "T2"),
+        ("cT2", "T2"),
+        ("pT4a", "T4"),
+        ("ypT3", "T3"),
+        ("t1", "T1"),
+        ("3", "T3"),
+        ("T4b", "T4"),
+        ("Tis", "TIS"),
+        ("TX", "TX"),
+        ("T5", "T5"),
+    ],
+)
+def test_t_stage_canonical_level(text: str, level: str) -> None:
+    assert canonical_level("t_stage", text) == level
+
+
+def test_csv_t_stage_written_with_prefix(tmp_path: Path) -> None:
+    path = _write_csv(tmp_path / "clinical.csv", "AccessionNumber,t_stage,sex\nA1,pT4a,female\n")
+
+    assert read_clinical_csv(path, "A1") == {"t_stage": "T4", "sex": "F"}

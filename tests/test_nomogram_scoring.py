@@ -6,7 +6,6 @@ import math
 
 import pytest
 
-from inference.errors import InputError
 from inference.nomogram import NomogramModel, build_points_scale, model_from_dict
 from tests.nomogram_helpers import HAND_FEATURES, hand_model_document
 
@@ -112,15 +111,32 @@ def test_nan_feature_counts_as_missing(model: NomogramModel) -> None:
     assert result.missing_inputs == ["t2_original_glcm_Contrast"]
 
 
-def test_unknown_category_raises_input_error(model: NomogramModel) -> None:
-    with pytest.raises(InputError, match="'X', which is not one of") as info:
-        model.score(HAND_FEATURES, {"age": 50, "sex": "X"})
-    assert info.value.code == "clinical_value_invalid"
+def test_unknown_category_counts_as_invalid(model: NomogramModel, caplog) -> None:
+    result = model.score(HAND_FEATURES, {"age": 50, "sex": "X"})
+
+    assert result.probability is None
+    assert result.invalid_inputs == ["sex"]
+    assert result.missing_inputs == ["sex"]
+    assert "sex" not in result.points
+    assert "'X'" not in caplog.text
 
 
-def test_non_numeric_age_raises_input_error(model: NomogramModel) -> None:
-    with pytest.raises(InputError, match="'fifty', which is not a number"):
-        model.score(HAND_FEATURES, {"age": "fifty", "sex": "F"})
+def test_non_numeric_age_is_imputed_as_invalid(model: NomogramModel) -> None:
+    result = model.score(HAND_FEATURES, {"age": "fifty", "sex": "F"})
+    with_sixty = model.score(HAND_FEATURES, {"age": 60.0, "sex": "F"})
+
+    assert result.invalid_inputs == ["age"]
+    assert result.missing_inputs == ["age"]
+    assert result.imputed_inputs == ["age"]
+    assert result.probability == pytest.approx(with_sixty.probability)
+
+
+@pytest.mark.parametrize("sex", ["F", "f", " F ", "female", "Female"])
+def test_sex_spellings_encode_alike(model: NomogramModel, sex: str) -> None:
+    result = model.score(HAND_FEATURES, {"age": 50, "sex": sex})
+
+    assert result.invalid_inputs == []
+    assert result.probability == pytest.approx(0.159762, abs=1e-6)
 
 
 def test_points_scale_needs_nonzero_effect() -> None:

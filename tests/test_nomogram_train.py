@@ -240,7 +240,9 @@ def test_clinical_encoding_uses_training_rows() -> None:
     train = pd.DataFrame(
         {"age": [40.0, 50.0, 90.0], "sex": ["M", "F", "F"], "grade": ["g2", "g1", "g3"]}
     )
-    clinical = pd.DataFrame({"age": [np.nan, 70.0], "sex": [None, "m"], "grade": ["G3", None]})
+    clinical = pd.DataFrame(
+        {"age": [np.nan, 70.0, 60.0], "sex": [None, "m", "X"], "grade": ["G3", None, "G9"]}
+    )
 
     variables = build_clinical_variables(
         train, ("age", "sex", "grade"), {"age": "median", "sex": "mode", "grade": "unavailable"}
@@ -252,10 +254,11 @@ def test_clinical_encoding_uses_training_rows() -> None:
     assert by_name["sex"].imputation == "F"
     assert by_name["grade"].encoding == {"G1": 0.0, "G2": 1.0, "G3": 2.0}
     assert by_name["grade"].imputation is None
-    assert encoded["age"].tolist() == [50.0, 70.0]
-    assert encoded["sex"].tolist() == [1.0, 0.0]
+    assert encoded["age"].tolist() == [50.0, 70.0, 60.0]
+    # An invalid level ("X", "G9") counts as missing.
+    assert encoded["sex"].tolist() == [1.0, 0.0, 1.0]
     # "unavailable" is filled for fitting with the training mode of the codes (all tie: lowest).
-    assert encoded["grade"].tolist() == [2.0, 0.0]
+    assert encoded["grade"].tolist() == [2.0, 0.0, 0.0]
 
 
 def test_nomogram_without_clinical_variables(tmp_path: Path) -> None:

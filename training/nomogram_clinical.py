@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from inference.clinical import CLINICAL_VARIABLES, VariableType
+from inference.clinical import CLINICAL_VARIABLES, VariableType, canonical_level
+from inference.errors import InputError
 from inference.nomogram import UNAVAILABLE, ClinicalVariable
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def _variable_type(name: str, values: pd.Series) -> VariableType:
 
 
 def _encoding(name: str, values: pd.Series) -> dict[str, float]:
-    levels = sorted({str(value).strip().upper() for value in values})
+    levels = sorted({canonical_level(name, value) for value in values})
     known = KNOWN_ENCODINGS.get(name)
     if known is None:
         return {level: float(code) for code, level in enumerate(levels)}
@@ -111,7 +112,7 @@ def _imputation_value(
     if rule == "mode":
         if variable_type is VariableType.NUMERIC:
             return float(values.astype(float).mode().iloc[0])
-        return str(values.astype(str).str.strip().str.upper().mode().iloc[0])
+        return str(values.map(lambda value: canonical_level(name, value)).mode().iloc[0])
     return rule if isinstance(rule, str) else float(rule)
 
 
@@ -124,7 +125,9 @@ def encode_clinical(
 
     A missing value takes the variable's imputation value, or for an
     ``"unavailable"`` variable the training median (numeric) or mode
-    (categorical) of its encoded values.
+    (categorical) of its encoded values. A value that cannot be encoded
+    counts as missing, as :meth:`inference.nomogram.NomogramModel.score`
+    treats it.
     """
     encoded = pd.DataFrame(index=clinical.index)
     for variable in variables:
@@ -133,9 +136,18 @@ def encode_clinical(
             if variable.name in clinical.columns
             else pd.Series(index=clinical.index, dtype=object)
         )
-        codes = column.map(lambda value: np.nan if _is_missing(value) else variable.encode(value))
+        codes = column.map(lambda value: _code_or_nan(variable, value))
         encoded[variable.name] = codes.astype(float).fillna(_fill_code(variable, train))
     return encoded
+
+
+def _code_or_nan(variable: ClinicalVariable, value: object) -> float:
+    if _is_missing(value):
+        return np.nan
+    try:
+        return variable.encode(value)
+    except InputError:
+        return np.nan
 
 
 def _fill_code(variable: ClinicalVariable, train: pd.DataFrame) -> float:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from inference.clinical import CLINICAL_VARIABLES, VariableType
+from inference.clinical import CLINICAL_VARIABLES, VariableType, canonical_level
 from inference.result import SequenceRole
 from inference.volume import load_series
 
@@ -171,8 +171,10 @@ def _role_path(
 def _clinical_value(name: str, text: str | None, where: str) -> object:
     value = (text or "").strip()
     definition = CLINICAL_VARIABLES.get(name)
-    if definition is None or definition.type is VariableType.CATEGORICAL:
-        return value.upper() if definition else value
+    if definition is None:
+        return value
+    if definition.type is VariableType.CATEGORICAL:
+        return canonical_level(name, value)
     try:
         return float(value)
     except ValueError as exc:
