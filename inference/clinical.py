@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 class VariableType(enum.Enum):
-    """How a clinical variable enters the nomogram."""
+    """Type of a clinical variable, which sets how it enters the nomogram."""
 
     NUMERIC = "numeric"
     CATEGORICAL = "categorical"
