@@ -253,7 +253,10 @@ def test_chinese_locale_and_switch(local_dashboard: RunningDashboard, browser: o
         page.goto(local_dashboard.url + "/")
         expect(page.locator("h1")).to_have_text("Studies and jobs")
 
-        page.goto(local_dashboard.url + "/?lang=zh-CN")
+        page.goto(local_dashboard.url + "/?state=failed_input&lang=zh-CN")
         expect(page.locator("h1")).to_have_text("检查与任务")
+        page.click("a[hreflang=en]")
+        expect(page.locator("h1")).to_have_text("Studies and jobs")
+        assert job_ids_on_page(page) == [ids.failed_job]
     finally:
         context.close()

@@ -70,6 +70,12 @@ def _language(request: Request) -> tuple[str, bool]:
     return i18n.language_from_accept(request.headers.get("accept-language")), False
 
 
+def _language_url(request: Request, language: str) -> str:
+    # The current page and filters, in another language.
+    params = [(key, value) for key, value in request.query_params.multi_items() if key != "lang"]
+    return request.url.path + "?" + urlencode([*params, ("lang", language)])
+
+
 def _safe_next(target: str | None) -> str:
     # Only local paths, so the login form cannot send a user to another site.
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
@@ -127,6 +133,7 @@ class DashboardApp:
             "may_toggle_patient_data": auth.may_toggle_patient_data(self.dashboard, visitor),
             "path": request.url.path,
             "path_with_query": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+            "language_urls": {code: _language_url(request, code) for code in i18n.LANGUAGE_NAMES},
         }
         response = self.templates.TemplateResponse(request, template, {**base, **context}, status_code=status_code)
         if from_query:
