@@ -188,8 +188,7 @@ class JobRunner:
             with self._heartbeat(job_id):
                 outcome = self._step.run(context)
         except InputError as exc:
-            self._finish(job_id, StepOutcome(input_error=exc))
-            return
+            outcome = StepOutcome(input_error=exc)
         except Exception as exc:  # noqa: BLE001 - any other error is the node's fault and ends the job FAILED
             self._fail(job_id, exc)
             return
@@ -377,7 +376,8 @@ def _instance_paths(session: Session, series: Series, spool_dir: Path) -> tuple[
         .where(Instance.series_id == series.id, Instance.is_conflict.is_(False))
         .order_by(Instance.instance_number.is_(None), Instance.instance_number, Instance.id)
     ).all()
-    return tuple(Path(instance.path) if Path(instance.path).is_absolute() else spool_dir / instance.path for instance in instances)
+    # Instance.path is relative to the spool folder; an absolute path is kept as it is.
+    return tuple(spool_dir / instance.path for instance in instances)
 
 
 def _prior_outputs(session: Session, job: Job) -> tuple[PriorOutput, ...]:
