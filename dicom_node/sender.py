@@ -223,7 +223,7 @@ def _store_one(assoc: Association, info: _FileInfo) -> InstanceResult:
     except ValueError as exc:
         # pynetdicom raises this when no accepted context can carry the file's
         # transfer syntax, for example a compressed file and a peer that took
-        # only uncompressed syntaxes; the same peer will refuse it again.
+        # only uncompressed syntaxes. The same peer will reject it again.
         message = f"no accepted presentation context fits transfer syntax {info.transfer_syntax_uid}: {exc}"
         return InstanceResult(info.path, info.sop_instance_uid, SendOutcome.PERMANENT, None, message)
     if "Status" not in response:

@@ -41,7 +41,8 @@ def make_settings(data_dir: Path, *, destinations: list[dict[str, Any]] | None =
     return load_settings(environ={}, overrides=overrides)
 
 
-def _mr_slice(study_uid: str, series_uid: str, number: int) -> Dataset:
+def mr_slice(study_uid: str, series_uid: str, number: int) -> Dataset:
+    """Return a 4x4 MR image whose pixels all equal ``number``, its InstanceNumber."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -88,7 +89,7 @@ def add_study(
         session.flush()
         # Write the slices in reverse so the context's InstanceNumber order is checked.
         for number in range(slices, 0, -1):
-            ds = _mr_slice(study_uid, series.series_instance_uid, number)
+            ds = mr_slice(study_uid, series.series_instance_uid, number)
             relative = Path(study_uid) / series.series_instance_uid / f"{ds.SOPInstanceUID}.dcm"
             (spool_dir / relative).parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(spool_dir / relative, enforce_file_format=True)

@@ -16,7 +16,7 @@ from dicom_node.sender import SendOutcome, SendTimeouts, classify_status, send_d
 from tests.conftest import free_port
 from tests.delivery_peers import basic_text_sr, environment_for_subprocess, pynetdicom_scp, storescp, write_part10
 from tests.peers import start_orthanc
-from tests.runner_helpers import _mr_slice
+from tests.runner_helpers import mr_slice
 
 pytestmark = pytest.mark.peers
 
@@ -77,7 +77,7 @@ def test_implicit_only_peer_still_receives(tmp_path: Path) -> None:
 
 
 def test_compressed_file_to_uncompressed_peer(tmp_path: Path) -> None:
-    image = _mr_slice("1.2.826.0.1.3680043.8.498.79", "1.2.826.0.1.3680043.8.498.80", 1)
+    image = mr_slice("1.2.826.0.1.3680043.8.498.79", "1.2.826.0.1.3680043.8.498.80", 1)
     image.compress(RLELossless, encoding_plugin="pydicom")
     paths = [write_part10(image, tmp_path / "out")]
     with storescp(tmp_path / "received", extra=("+xi",)) as peer:
@@ -101,7 +101,7 @@ def test_warning_status_counts_as_delivered(tmp_path: Path) -> None:
 
 
 def test_unsupported_sop_class_is_permanent(tmp_path: Path) -> None:
-    image = _mr_slice("1.2.826.0.1.3680043.8.498.77", "1.2.826.0.1.3680043.8.498.78", 1)
+    image = mr_slice("1.2.826.0.1.3680043.8.498.77", "1.2.826.0.1.3680043.8.498.78", 1)
     paths = [write_part10(image, tmp_path / "out"), *_reports(tmp_path / "out", 1)]
     with pynetdicom_scp() as peer:
         report = send_datasets(_destination(peer.ae_title, peer.port), paths, calling_ae="OTSCC_NODE", timeouts=TIMEOUTS)
