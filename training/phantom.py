@@ -52,8 +52,18 @@ DEFAULT_SLICE_THICKNESS_MM = 4.0
 
 # Columns of the cohort CSV, in order.
 COHORT_COLUMNS = (
-    "case_id", "folder", "mask_path", "age", "sex", "t_stage", "doi_mm",
-    "ln_metastasis", "split", "vendor", "lesion_volume_mm3", "max_diameter_mm",
+    "case_id",
+    "folder",
+    "mask_path",
+    "age",
+    "sex",
+    "t_stage",
+    "doi_mm",
+    "ln_metastasis",
+    "split",
+    "vendor",
+    "lesion_volume_mm3",
+    "max_diameter_mm",
     "heterogeneity",
 )
 
@@ -170,8 +180,12 @@ def make_study(
     vendor_enum = _check_vendor(vendor)
     syntax = check_transfer_syntax(transfer_syntax)
     if min(rows, columns, slices) < 2:
-        raise ValueError(f"rows, columns and slices must be at least 2, got {rows}, {columns}, {slices}")
-    pixel_mm = DEFAULT_FOV_MM / max(rows, columns) if pixel_spacing_mm is None else float(pixel_spacing_mm)
+        raise ValueError(
+            f"rows, columns and slices must be at least 2, got {rows}, {columns}, {slices}"
+        )
+    pixel_mm = (
+        DEFAULT_FOV_MM / max(rows, columns) if pixel_spacing_mm is None else float(pixel_spacing_mm)
+    )
     if pixel_mm <= 0 or slice_thickness_mm <= 0:
         raise ValueError(
             f"pixel_spacing_mm and slice_thickness_mm must be positive, got {pixel_mm} and {slice_thickness_mm}"
@@ -211,8 +225,13 @@ def make_study(
         volumes[role] = to_stored_values(image)
         series_uid = derive_uid(header.study_instance_uid, "series", role.value)
         paths, uids = write_series(
-            Path(out_dir) / role.value, volumes[role], study=header, vendor=style,
-            kind=SeriesKind(role.value), series_uid=series_uid, geometry=axial,
+            Path(out_dir) / role.value,
+            volumes[role],
+            study=header,
+            vendor=style,
+            kind=SeriesKind(role.value),
+            series_uid=series_uid,
+            geometry=axial,
             transfer_syntax=syntax,
         )
         study.series_instance_uids[role] = series_uid
@@ -220,10 +239,18 @@ def make_study(
         study.sop_instance_uids[role] = uids
 
     if extra_series:
-        fat_sat = to_stored_values(render_sequence(labels, T1_FAT_SAT_SIGNAL, grid, lesion, rng, texture))
+        fat_sat = to_stored_values(
+            render_sequence(labels, T1_FAT_SAT_SIGNAL, grid, lesion, rng, texture)
+        )
         study.extra_series = _write_extra_series(
-            Path(out_dir), volumes[SequenceRole.CE_T1], fat_sat, grid, axial,
-            header=header, style=style, syntax=syntax,
+            Path(out_dir),
+            volumes[SequenceRole.CE_T1],
+            fat_sat,
+            grid,
+            axial,
+            header=header,
+            style=style,
+            syntax=syntax,
         )
     logger.debug("Wrote phantom study %s (seed %s)", header.study_instance_uid, seed)
     return study
@@ -238,8 +265,12 @@ def _check_vendor(vendor: str) -> Vendor:
 
 
 def _study_header(
-    seed: int, vendor: Vendor, chinese: bool, patient_name: str | None,
-    study_instance_uid: str | None, rng: np.random.Generator,
+    seed: int,
+    vendor: Vendor,
+    chinese: bool,
+    patient_name: str | None,
+    study_instance_uid: str | None,
+    rng: np.random.Generator,
 ) -> StudyHeader:
     study_uid = study_instance_uid or str(derive_uid("study", seed, vendor.value, chinese))
     if patient_name is None:
@@ -281,8 +312,15 @@ def _grid_geometry(grid: Grid, pixel_mm: float, slice_mm: float) -> GridGeometry
 
 
 def _write_extra_series(
-    out_dir: Path, ce_t1: np.ndarray, fat_sat: np.ndarray, grid: Grid, axial: SliceGeometry,
-    *, header: StudyHeader, style, syntax,
+    out_dir: Path,
+    ce_t1: np.ndarray,
+    fat_sat: np.ndarray,
+    grid: Grid,
+    axial: SliceGeometry,
+    *,
+    header: StudyHeader,
+    style,
+    syntax,
 ) -> dict[str, list[Path]]:
     """Write the decoy series: sagittal localizer, coronal CE-T1, fat-saturated T1."""
     pixel_mm = axial.pixel_spacing[0]
@@ -317,8 +355,14 @@ def _write_extra_series(
     ):
         series_uid = derive_uid(header.study_instance_uid, "series", kind.value)
         paths, _ = write_series(
-            out_dir / kind.value, pixels, study=header, vendor=style, kind=kind,
-            series_uid=series_uid, geometry=geometry, transfer_syntax=syntax,
+            out_dir / kind.value,
+            pixels,
+            study=header,
+            vendor=style,
+            kind=kind,
+            series_uid=series_uid,
+            geometry=geometry,
+            transfer_syntax=syntax,
         )
         written[kind.value] = paths
     return written
@@ -418,8 +462,11 @@ def make_cohort(
         case_seed = seed * 1000 + index
         lesion = sample_lesion(np.random.default_rng([case_seed, 31]))
         study = make_study(
-            out_dir / f"case_{index:03d}", seed=case_seed, vendor=vendors[index % len(vendors)],
-            lesion=lesion, **study_options,
+            out_dir / f"case_{index:03d}",
+            seed=case_seed,
+            vendor=vendors[index % len(vendors)],
+            lesion=lesion,
+            **study_options,
         )
         study.write_mask(study.folder / "mask.nii.gz")
         studies.append(study)
@@ -448,8 +495,8 @@ def metastasis_probability(study: PhantomStudy, rng: np.random.Generator | None 
     """
     # Centre and scale are the mean and SD of 300 lesions from sample_lesion,
     # so an average lesion sits near log-odds LABEL_INTERCEPT.
-    log_volume = (np.log(max(study.lesion_volume_mm3, 1.0)) - 7.05) / 1.06
-    doi = (study.doi_mm - 10.8) / 4.25
+    log_volume = (np.log(max(study.lesion_volume_mm3, 1.0)) - 7.35) / 0.82
+    doi = (study.doi_mm - 9.0) / 3.0
     heterogeneity = (study.lesion.heterogeneity - 0.5) / 0.29
     logit = (
         LABEL_INTERCEPT
@@ -471,19 +518,23 @@ def write_cohort_csv(path: Path, studies: list[PhantomStudy]) -> Path:
         writer.writeheader()
         for study in studies:
             mask_path = study.mask_path or study.write_mask(study.folder / "mask.nii.gz")
-            writer.writerow({
-                "case_id": study.folder.name,
-                "folder": study.folder.relative_to(base).as_posix(),
-                "mask_path": Path(mask_path).relative_to(base).as_posix(),
-                "age": study.clinical.get("age", study.patient_age_years),
-                "sex": study.clinical.get("sex", study.patient_sex),
-                "t_stage": study.clinical.get("t_stage", t_stage(study.max_diameter_mm, study.doi_mm)),
-                "doi_mm": f"{study.doi_mm:.2f}",
-                "ln_metastasis": "" if study.label is None else study.label,
-                "split": study.clinical.get("split", "train"),
-                "vendor": study.vendor.value,
-                "lesion_volume_mm3": f"{study.lesion_volume_mm3:.1f}",
-                "max_diameter_mm": f"{study.max_diameter_mm:.2f}",
-                "heterogeneity": f"{study.lesion.heterogeneity:.3f}",
-            })
+            writer.writerow(
+                {
+                    "case_id": study.folder.name,
+                    "folder": study.folder.relative_to(base).as_posix(),
+                    "mask_path": Path(mask_path).relative_to(base).as_posix(),
+                    "age": study.clinical.get("age", study.patient_age_years),
+                    "sex": study.clinical.get("sex", study.patient_sex),
+                    "t_stage": study.clinical.get(
+                        "t_stage", t_stage(study.max_diameter_mm, study.doi_mm)
+                    ),
+                    "doi_mm": f"{study.doi_mm:.2f}",
+                    "ln_metastasis": "" if study.label is None else study.label,
+                    "split": study.clinical.get("split", "train"),
+                    "vendor": study.vendor.value,
+                    "lesion_volume_mm3": f"{study.lesion_volume_mm3:.1f}",
+                    "max_diameter_mm": f"{study.max_diameter_mm:.2f}",
+                    "heterogeneity": f"{study.lesion.heterogeneity:.3f}",
+                }
+            )
     return path

@@ -39,19 +39,40 @@ class Tissue(enum.IntEnum):
 # CE-T1 with fat suppression: the tumour rim enhances strongly, necrosis does not.
 SIGNAL: dict[SequenceRole, dict[Tissue, float]] = {
     SequenceRole.T1: {
-        Tissue.AIR: 0.0, Tissue.FAT: 0.92, Tissue.MUSCLE: 0.36, Tissue.TONGUE: 0.42,
-        Tissue.CORTICAL_BONE: 0.04, Tissue.MARROW: 0.78, Tissue.GLAND: 0.62,
-        Tissue.CSF: 0.18, Tissue.LESION: 0.30, Tissue.NECROSIS: 0.22,
+        Tissue.AIR: 0.0,
+        Tissue.FAT: 0.92,
+        Tissue.MUSCLE: 0.36,
+        Tissue.TONGUE: 0.42,
+        Tissue.CORTICAL_BONE: 0.04,
+        Tissue.MARROW: 0.78,
+        Tissue.GLAND: 0.62,
+        Tissue.CSF: 0.18,
+        Tissue.LESION: 0.30,
+        Tissue.NECROSIS: 0.22,
     },
     SequenceRole.T2: {
-        Tissue.AIR: 0.0, Tissue.FAT: 0.52, Tissue.MUSCLE: 0.20, Tissue.TONGUE: 0.27,
-        Tissue.CORTICAL_BONE: 0.03, Tissue.MARROW: 0.40, Tissue.GLAND: 0.55,
-        Tissue.CSF: 0.95, Tissue.LESION: 0.68, Tissue.NECROSIS: 0.88,
+        Tissue.AIR: 0.0,
+        Tissue.FAT: 0.52,
+        Tissue.MUSCLE: 0.20,
+        Tissue.TONGUE: 0.27,
+        Tissue.CORTICAL_BONE: 0.03,
+        Tissue.MARROW: 0.40,
+        Tissue.GLAND: 0.55,
+        Tissue.CSF: 0.95,
+        Tissue.LESION: 0.68,
+        Tissue.NECROSIS: 0.88,
     },
     SequenceRole.CE_T1: {
-        Tissue.AIR: 0.0, Tissue.FAT: 0.28, Tissue.MUSCLE: 0.40, Tissue.TONGUE: 0.47,
-        Tissue.CORTICAL_BONE: 0.04, Tissue.MARROW: 0.38, Tissue.GLAND: 0.58,
-        Tissue.CSF: 0.15, Tissue.LESION: 0.90, Tissue.NECROSIS: 0.40,
+        Tissue.AIR: 0.0,
+        Tissue.FAT: 0.28,
+        Tissue.MUSCLE: 0.40,
+        Tissue.TONGUE: 0.47,
+        Tissue.CORTICAL_BONE: 0.04,
+        Tissue.MARROW: 0.38,
+        Tissue.GLAND: 0.58,
+        Tissue.CSF: 0.15,
+        Tissue.LESION: 0.90,
+        Tissue.NECROSIS: 0.40,
     },
 }
 
@@ -113,11 +134,17 @@ def make_grid(rows: int, columns: int, slices: int, pixel_mm: float, slice_mm: f
 def sample_lesion(rng: np.random.Generator, heterogeneity: float | None = None) -> LesionSpec:
     """Draw a lesion of varied size and irregular shape inside the lateral tongue."""
     side = rng.choice((-1.0, 1.0))
-    radius = rng.uniform(3.5, 11.0)
-    semi_axes = tuple(float(radius * rng.uniform(0.75, 1.3)) for _ in range(3))
+    radius = rng.uniform(5.5, 13.0)
+    # Tumours spread along the mucosa more than into the depth, so the
+    # semi-axis across the tongue (x) is the shortest.
+    semi_axes = (
+        float(radius * rng.uniform(0.55, 0.9)),
+        float(radius * rng.uniform(0.8, 1.3)),
+        float(radius * rng.uniform(0.8, 1.3)),
+    )
     # Tongue cancer grows from the lateral mucosa inwards, so the centre lies
     # within one semi-axis of the lateral surface and the clipped lesion touches it.
-    inset = rng.uniform(0.3, 1.0) * semi_axes[0]
+    inset = rng.uniform(0.2, 0.8) * semi_axes[0]
     centre = (
         TONGUE_CENTRE[0] + side * (TONGUE_SEMI_AXES[0] - inset),
         TONGUE_CENTRE[1] + rng.uniform(-14.0, 8.0),
@@ -128,7 +155,13 @@ def sample_lesion(rng: np.random.Generator, heterogeneity: float | None = None) 
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
         frequency = direction * rng.uniform(1.5, 3.5)
-        terms.append((*map(float, frequency), float(rng.uniform(0, 2 * np.pi)), float(rng.uniform(0.04, 0.1))))
+        terms.append(
+            (
+                *map(float, frequency),
+                float(rng.uniform(0, 2 * np.pi)),
+                float(rng.uniform(0.04, 0.1)),
+            )
+        )
     if heterogeneity is None:
         heterogeneity = float(rng.uniform(0.0, 1.0))
     return LesionSpec(
@@ -139,7 +172,9 @@ def sample_lesion(rng: np.random.Generator, heterogeneity: float | None = None) 
     )
 
 
-def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
+def _ellipse(
+    x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float
+) -> np.ndarray:
     return ((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2 <= 1.0
 
 
@@ -242,7 +277,9 @@ def render_labels(grid: Grid, lesion: LesionSpec) -> tuple[np.ndarray, np.ndarra
     return labels, lesion_mask
 
 
-def smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], coarse: int = 8) -> np.ndarray:
+def smooth_field(
+    rng: np.random.Generator, shape: tuple[int, int, int], coarse: int = 8
+) -> np.ndarray:
     """Return a smooth random field with zero mean and unit standard deviation."""
     coarse_shape = (max(2, shape[0] // 4), coarse, coarse)
     field = rng.normal(size=coarse_shape).astype(np.float32)
