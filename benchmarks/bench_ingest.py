@@ -64,12 +64,11 @@ SEND_TIMEOUT_S = 900
 # Written by hand from a separate profile, so they are not regenerated with
 # the figures; reread them after a change to the receive path.
 READING_NOTES = [
-    "The targets set for the node with TCP_NODELAY=1 (at least half of storescp and at least "
-    "Orthanc's rate) are not met; the ratios above show by how much. Where the time goes on one "
-    "association, from a separate profile (py-spy 0.4, the SCP in-process, 100 slices of 512x512):",
+    "Where the time goes on one association, from a separate profile (py-spy 0.4, the SCP "
+    "in-process, 100 slices of 512x512):",
     "",
-    "- Durability: the \"fsync off\" rows are about 10 ms per image faster. A micro-benchmark on the "
-    "same disk took 12-15 ms for write plus fdatasync of 512 KB and about 8 ms more for the folder "
+    "- Durability: compare the \"fsync off\" rows. A micro-benchmark on the same disk, with less "
+    "load, took 12-15 ms for write plus fdatasync of 512 KB and about 8 ms more for the folder "
     "fsync after the rename. storescp and Orthanc skip both.",
     "- The association thread was busy about 5 ms per image (3.4 ms in the C-STORE handler, of which "
     "about 1 ms is the SQLite commit), with fsync off.",
@@ -206,6 +205,29 @@ def measure(files: list[Path], work: Path, receiver: str, tcp_nodelay: bool, ass
     return Measurement(receiver, tcp_nodelay, associations, len(files), megabytes, seconds, succeeded)
 
 
+def run_cases(files: list[Path], work: Path, repeat: int) -> list[Measurement]:
+    """Measure every case ``repeat`` times and keep the fastest run of each.
+
+    The receivers take turns within each repetition, so a burst of load from
+    other processes does not fall on one receiver only.
+    """
+    best: dict[tuple[str, bool, int], Measurement] = {}
+    for _ in range(repeat):
+        for tcp_nodelay in (False, True):
+            for associations in (1, 4):
+                for receiver in RECEIVERS:
+                    result = measure(files, work, receiver, tcp_nodelay, associations)
+                    print(
+                        f"{receiver:22s} nodelay={tcp_nodelay!s:5s} associations={associations}: "
+                        f"{result.images_per_second:7.1f} images/s ({result.succeeded}/{result.files} acknowledged)",
+                        flush=True,
+                    )
+                    key = (receiver, tcp_nodelay, associations)
+                    if key not in best or result.images_per_second > best[key].images_per_second:
+                        best[key] = result
+    return list(best.values())
+
+
 def make_study(folder: Path, series: int, slices: int, size: int) -> list[Path]:
     """Write the benchmark study into ``folder`` and return its files."""
     study_uid = generate_uid()
@@ -256,12 +278,21 @@ def ratio_lines(results: list[Measurement]) -> list[str]:
         )
 
     lines = []
+    met = True
     for associations in (1, 4):
         node = rate("otscc-node", associations)
+        to_storescp = node / rate("DCMTK storescp", associations)
+        to_orthanc = node / rate("Orthanc", associations)
+        met = met and to_storescp >= 0.5 and to_orthanc >= 1.0
         lines.append(
-            f"- {associations} association(s), TCP_NODELAY=1: node / storescp = "
-            f"{node / rate('DCMTK storescp', associations):.2f}, node / Orthanc = {node / rate('Orthanc', associations):.2f}"
+            f"- {associations} association(s), TCP_NODELAY=1: node / storescp = {to_storescp:.2f}, "
+            f"node / Orthanc = {to_orthanc:.2f}"
         )
+    verdict = "met" if met else "not met"
+    lines += [
+        "",
+        f"Targets for TCP_NODELAY=1 (node at least 0.5 x storescp and at least 1 x Orthanc): {verdict}.",
+    ]
     return lines
 
 
@@ -285,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--series", type=int, default=3, choices=(1, 2, 3), help="number of series (default 3)")
     parser.add_argument("--slices", type=int, default=72, help="slices per series (default 72)")
     parser.add_argument("--size", type=int, default=512, help="rows and columns of each slice (default 512)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each case; the fastest is reported (default 2)")
     parser.add_argument("--work-dir", type=Path, help="folder for the study and the receivers' storage (default: a temporary folder)")
     parser.add_argument("--write-docs", action="store_true", help=f"write the figures into {DOCS_PATH.relative_to(REPOSITORY_ROOT)}")
     args = parser.parse_args(argv)
@@ -292,17 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-", dir=args.work_dir) as work_name:
         work = Path(work_name)
         files = make_study(work / "study", args.series, args.slices, args.size)
-        results = []
-        for receiver in RECEIVERS:
-            for tcp_nodelay in (False, True):
-                for associations in (1, 4):
-                    result = measure(files, work, receiver, tcp_nodelay, associations)
-                    print(
-                        f"{receiver:15s} nodelay={tcp_nodelay!s:5s} associations={associations}: "
-                        f"{result.images_per_second:7.1f} images/s ({result.succeeded}/{result.files} acknowledged)",
-                        flush=True,
-                    )
-                    results.append(result)
+        load_before = os.getloadavg()[0]
+        results = run_cases(files, work, args.repeat)
+        load_after = os.getloadavg()[0]
 
     command = "python benchmarks/bench_ingest.py " + " ".join(argv if argv is not None else sys.argv[1:])
     megabytes = results[0].megabytes
@@ -312,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"Command: `{command.strip()}`",
             "",
-            f"Machine: {machine_description()}.",
+            f"Machine: {machine_description()}. The machine was shared with other work: the 1-minute "
+            f"load average was {load_before:.1f} at the start and {load_after:.1f} at the end of the run, "
+            f"so each case was run {args.repeat} times and the fastest run is shown.",
             "",
             f"Study: {args.series} series x {args.slices} slices of {args.size}x{args.size} 16-bit MR, "
             f"{len(files)} files, {megabytes:.0f} MB, explicit VR little endian, sent by DCMTK storescu 3.6.7 "

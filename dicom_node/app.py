@@ -132,7 +132,28 @@ class Node:
             logger.info("dashboard disabled in the settings")
             return
         dashboard_class = _optional_class("dicom_node.dashboard", "DashboardServer")
-        self._start_component("dashboard", "dashboard", dashboard_class)
+        if dashboard_class is None:
+            self._start_component("dashboard", "dashboard", None)
+            return
+        self._start_component(
+            "dashboard",
+            "dashboard",
+            lambda settings, factory: dashboard_class(settings, factory, node_status=self.component_status),
+        )
+
+    def component_status(self) -> dict[str, bool]:
+        """Return whether each component runs, keyed as the dashboard's health check expects.
+
+        A background component counts as running once started and until
+        stopped; only the SCP's server thread is checked directly.
+        """
+        started = {id(component) for _, component in self._started}
+        return {
+            "scp_listening": self.scp is not None and self.scp.is_listening,
+            "runner_alive": self.runner is not None and id(self.runner) in started,
+            "scheduler_alive": self.completion is not None and id(self.completion) in started,
+            "outbox_alive": self.outbox is not None and id(self.outbox) in started,
+        }
 
     def stop(self) -> None:
         """Stop the components in reverse start-up order, the SCP last, then close the database."""

@@ -2,9 +2,9 @@
 
 :meth:`Ingestor.store` is what the C-STORE handler calls. It returns a DIMSE
 status only after the file is fsynced in the spool and its database rows are
-committed, so a success answer survives a crash of the node (PS3.4 B.2.2
-leaves it to the SCP to decide when an instance counts as stored; here it is
-"on disk and in the database").
+committed, so an instance acknowledged with Success survives a crash of the
+node: for this node an instance counts as stored once it is on disk and in
+the database.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import enum
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ from dicom_node.spool import InvalidUidError, Spool, validate_uid
 logger = logging.getLogger(__name__)
 
 RECORD_ATTEMPTS = 5
+# Senders may retry many times while the disk is full, so the Out of
+# Resources error is logged at most once per interval, with a count.
+FLOOR_LOG_INTERVAL_S = 60.0
 
 
 class StoreOutcome(enum.Enum):
@@ -132,6 +136,9 @@ class Ingestor:
         # process avoids that; PostgreSQL needs no such lock.
         backend = session_factory.kw["bind"].url.get_backend_name()
         self._record_lock: threading.Lock | None = threading.Lock() if backend == "sqlite" else None
+        self._floor_log_lock = threading.Lock()
+        self._floor_logged_at: float | None = None
+        self._floor_rejections = 0
 
     def store(self, dataset: Dataset, encoded: bytes, *, requested_sop_class: str, sender: Sender) -> StoreResult:
         """Store one instance and return the DIMSE status of the C-STORE response.
@@ -144,13 +151,7 @@ class Ingestor:
             return identity
 
         if not self.spool.has_free_space(self.min_free_mb, len(encoded)):
-            logger.error(
-                "rejected SOP instance %s from %s with Out of Resources: free space in %s would fall below the %d MiB floor",
-                identity.sop_uid,
-                sender.ae_title,
-                self.spool.root,
-                self.min_free_mb,
-            )
+            self._log_floor_rejection(identity, sender)
             return StoreResult(dimse_status.OUT_OF_RESOURCES, StoreOutcome.REJECTED)
 
         digest = hashlib.sha256(encoded).hexdigest()
@@ -161,6 +162,23 @@ class Ingestor:
             logger.exception("could not store SOP instance %s of study %s", identity.sop_uid, identity.study_uid)
             return StoreResult(dimse_status.PROCESSING_FAILURE, StoreOutcome.REJECTED)
 
+    def _log_floor_rejection(self, identity: InstanceIdentity, sender: Sender) -> None:
+        with self._floor_log_lock:
+            self._floor_rejections += 1
+            now = time.monotonic()
+            if self._floor_logged_at is not None and now - self._floor_logged_at < FLOOR_LOG_INTERVAL_S:
+                return
+            count, self._floor_rejections, self._floor_logged_at = self._floor_rejections, 0, now
+        logger.error(
+            "rejected SOP instance %s from %s with Out of Resources (%d instance(s) since the last such line): "
+            "free space in %s would fall below the %d MiB floor; free disk space or lower storage.min_free_mb",
+            identity.sop_uid,
+            sender.ae_title,
+            count,
+            self.spool.root,
+            self.min_free_mb,
+        )
+
     def _store_locked(
         self, dataset: Dataset, encoded: bytes, identity: InstanceIdentity, digest: str, sender: Sender
     ) -> StoreResult:
@@ -170,7 +188,7 @@ class Ingestor:
             ).all()
         if any(sha == digest for sha, _ in known):
             self._run_transaction(lambda session: self.recorder.touch_study(session, identity.study_uid))
-            logger.info("SOP instance %s from %s is a duplicate of a stored one; accepted", identity.sop_uid, sender.ae_title)
+            logger.debug("SOP instance %s from %s is a duplicate of a stored one; accepted", identity.sop_uid, sender.ae_title)
             return StoreResult(dimse_status.SUCCESS, StoreOutcome.DUPLICATE)
 
         is_conflict = any(not conflict for _, conflict in known)

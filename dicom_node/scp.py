@@ -109,6 +109,11 @@ class StorageScp:
             raise RuntimeError("the SCP is not started; call start() first")
         return int(self._server.server_address[1])
 
+    @property
+    def is_listening(self) -> bool:
+        """Whether the server thread is running and accepting associations."""
+        return self._server is not None and self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         """Bind the port and serve associations in a background thread."""
         handlers = [
@@ -125,6 +130,9 @@ class StorageScp:
             ssl_context=self.ssl_context,
             server_class=NoDelayAssociationServer,
         )
+        # make_server does not register the server with the AE, as
+        # start_server does. AE.active_associations, and so the
+        # maximum_associations check, and AE.shutdown see registered servers only.
         self.ae._servers.append(self._server)
         self._thread = threading.Thread(target=self._server.serve_forever, name="dicom-scp", daemon=True)
         self._thread.start()

@@ -9,7 +9,9 @@ connection it opens as a requestor.
 
 from __future__ import annotations
 
+import logging
 import socket
+import ssl
 from typing import TYPE_CHECKING
 
 from pynetdicom import AE
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
     from pynetdicom.association import Association
     from pynetdicom.transport import AddressInformation
 
+logger = logging.getLogger(__name__)
+
 
 def set_tcp_nodelay(sock: socket.socket) -> None:
     """Turn off Nagle's algorithm on a TCP socket."""
@@ -28,15 +32,38 @@ def set_tcp_nodelay(sock: socket.socket) -> None:
 
 
 class NoDelayAssociationServer(ThreadedAssociationServer):
-    """A threaded association server whose accepted sockets have TCP_NODELAY set."""
+    """A threaded association server that sets TCP_NODELAY and does the TLS handshake per thread.
+
+    pynetdicom 3.0 wraps an accepted socket in TLS in the accepting thread,
+    so one slow or silent client would stop all others from connecting.
+    Here the handshake runs in the connection's own thread, bounded by the
+    ACSE timeout.
+    """
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        """Accept a connection, set TCP_NODELAY, then wrap it in TLS if configured."""
+        """Accept a connection and set TCP_NODELAY on it; TLS follows in the connection's thread."""
         client_socket, address = self.socket.accept()
         set_tcp_nodelay(client_socket)
-        if self.ssl_context:
-            client_socket = self.ssl_context.wrap_socket(client_socket, server_side=True)
         return client_socket, address
+
+    def process_request_thread(self, request: socket.socket, client_address: tuple[str, int]) -> None:
+        """Complete the TLS handshake if TLS is on, then serve the association."""
+        if self.ssl_context:
+            try:
+                request = self._wrap_tls(request)
+            except (ssl.SSLError, OSError) as exc:
+                logger.warning("TLS handshake with %s failed: %s", client_address[0], exc)
+                request.close()
+                return
+        super().process_request_thread(request, client_address)
+
+    def _wrap_tls(self, request: socket.socket) -> socket.socket:
+        request.settimeout(self.ae.acse_timeout)
+        wrapped = self.ssl_context.wrap_socket(request, server_side=True)
+        # pynetdicom polls its sockets with select(), so they stay blocking
+        # without a timeout, as plain TCP sockets are here.
+        wrapped.settimeout(None)
+        return wrapped
 
 
 class NoDelayApplicationEntity(AE):

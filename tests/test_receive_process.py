@@ -19,6 +19,7 @@ from sqlalchemy import select
 from config.settings import Settings, load_settings
 from db.models import Instance
 from db.session import create_db_engine, make_session_factory
+from dicom_node.app import Node
 from dicom_node.cli import build_parser, main, serve_overrides
 from tests.conftest import free_port
 from tests.peers import parse_store_statuses, port_is_open, stop_process, storescu_command, wait_until
@@ -203,3 +204,32 @@ def test_example_config_documents_every_setting():
     assert loaded.model_dump(mode="json") == Settings().model_dump(mode="json")
     undocumented = sorted(name for name in _field_names(Settings) if name not in text)
     assert undocumented == []
+
+
+def test_node_starts_components_and_reports_status(tmp_path):
+    settings = load_settings(
+        environ={},
+        overrides={
+            "node": {"ae_title": NODE_AE, "bind_address": "127.0.0.1", "port": 0},
+            "storage": {"data_dir": str(tmp_path / "data"), "min_free_mb": 0},
+            "dashboard": {"enabled": False},
+        },
+    )
+    node = Node(settings)
+    (tmp_path / "data" / "spool" / ".incoming").mkdir(parents=True)
+    (tmp_path / "data" / "spool" / ".incoming" / "left.part").write_bytes(b"torn")
+
+    node.start()
+    try:
+        running = node.component_status()
+        echo = main(["echo", "127.0.0.1", str(node.scp.port), "--call", NODE_AE])
+    finally:
+        node.stop()
+
+    assert running["scp_listening"]
+    assert running["scheduler_alive"]
+    assert running["outbox_alive"]
+    assert not running["runner_alive"]
+    assert echo == 0
+    assert not (tmp_path / "data" / "spool" / ".incoming" / "left.part").exists()
+    assert not node.component_status()["scp_listening"]

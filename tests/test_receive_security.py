@@ -273,3 +273,22 @@ def test_tls_client_without_certificate_rejected(tmp_path, sqlite_session_factor
             assoc.release()
 
     assert not established
+
+
+def test_associations_beyond_maximum_rejected(tmp_path, sqlite_session_factory):
+    settings = node_settings(max_associations=1)
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(MR_IMAGE_STORAGE, ExplicitVRLittleEndian)
+
+    with running_scp(tmp_path / "spool", sqlite_session_factory, settings) as scp:
+        first = ae.associate("127.0.0.1", scp.port, ae_title=NODE_AE)
+        second = ae.associate("127.0.0.1", scp.port, ae_title=NODE_AE)
+        first_established = first.is_established
+        second_rejected = second.is_rejected
+        first.release()
+
+    assert first_established
+    assert second_rejected
+    # PS3.8 section 9.3.4: rejected-transient (2), by the presentation
+    # service-provider (3), local limit exceeded (2).
+    assert (second.acceptor.primitive.result, second.acceptor.primitive.result_source, second.acceptor.primitive.diagnostic) == (2, 3, 2)
