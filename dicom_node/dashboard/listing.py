@@ -13,6 +13,8 @@ from dicom_node.job_list import JobFilters
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 # Whether the shared list query takes an upper date bound.
+# NOTE: JobFilters has only ``since`` so far, so the "Created to" field stays
+# hidden until it gains an ``until`` field (jobs created before that time).
 SUPPORTS_UNTIL = any(field.name == "until" for field in dataclasses.fields(JobFilters))
 
 
