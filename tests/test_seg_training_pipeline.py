@@ -208,3 +208,14 @@ def test_demo_report_marks_synthetic_demo():
     assert "| T2 only | test | 1 |" in page
     assert "| test prob_nomogram | 0.800 (95% CI 0.700-0.900) |" in page
     assert "| total | 900 |" in page
+
+
+def test_cli_finds_requested_command():
+    from training.cli import _requested_command, build_parser
+
+    assert _requested_command(["--log-level", "debug", "nomogram", "x.csv"]) == "nomogram"
+    assert _requested_command(["eval-seg", "--data", "d"]) == "eval-seg"
+    assert _requested_command(["--help"]) is None
+    args = build_parser("eval-seg").parse_args(["eval-seg", "--data", "cohort.csv", "--package", "all=pkg"])
+    assert args.package == ["all=pkg"]
+    assert args.summary_only is False

@@ -28,7 +28,8 @@ DELEGATED_COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, configure logging and run one command."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_requested_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -37,8 +38,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(args.run(args) or 0)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser with one sub-command per tool."""
+def _requested_command(argv: Sequence[str]) -> str | None:
+    """Return the first argument that names a command, or None."""
+    for index, item in enumerate(argv):
+        if item == "--log-level":
+            continue
+        if index > 0 and argv[index - 1] == "--log-level":
+            continue
+        if not item.startswith("-"):
+            return item
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Return the argument parser with one sub-command per tool.
+
+    A delegated command's module is imported only when ``command`` names it,
+    because those modules load pandas, scikit-learn and matplotlib.
+    """
     parser = argparse.ArgumentParser(prog="otscc-train", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--log-level",
@@ -55,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_demo(commands.add_parser("demo", help="rebuild the demo models from phantoms"))
     for name, (module, help_text) in DELEGATED_COMMANDS.items():
-        _add_delegated(commands, name, module, help_text)
+        sub = commands.add_parser(name, help=help_text)
+        if name == command:
+            _add_delegated(sub, name, module)
     return parser
 
 
@@ -256,7 +275,9 @@ def _add_eval_seg(parser: argparse.ArgumentParser) -> None:
         help="model package to score, repeatable (for example all=models/demo/segmentation)",
     )
     parser.add_argument(
-        "--per-case", action="store_true", help="also print a table per model and split"
+        "--summary-only",
+        action="store_true",
+        help="print only the summary table, not one table per model and split",
     )
     parser.set_defaults(run=_run_eval_seg)
 
@@ -282,7 +303,7 @@ def _run_eval_seg(args: argparse.Namespace) -> int:
     else:
         splits = {"all": [load_case(folder) for folder in find_case_folders(args.data)]}
     results = evaluate_models(packages, splits)
-    if args.per_case:
+    if not args.summary_only:
         for (model, split), scores in results.items():
             print(f"\n{model} on {split}\n{format_case_table(scores)}")
     print(format_summary_table(results))
@@ -325,8 +346,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_delegated(commands, name: str, module_name: str, help_text: str) -> None:
-    parser = commands.add_parser(name, help=help_text)
+def _add_delegated(parser: argparse.ArgumentParser, name: str, module_name: str) -> None:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
