@@ -192,21 +192,43 @@ class OutboxWorker:
         """Send every delivery due at ``now`` (default: the current time); return how many were tried."""
         now = now or utcnow()
         with session_scope(self._session_factory) as session:
-            due = session.scalars(
-                select(Delivery.id)
+            due = session.execute(
+                select(Delivery.id, Delivery.ae_title, Delivery.host, Delivery.port)
                 .where(Delivery.state.in_(DUE_STATES), Delivery.next_attempt_at <= now)
                 .order_by(Delivery.next_attempt_at, Delivery.id)
                 .limit(self._batch_size)
             ).all()
 
+        # A peer that could not be reached makes its other due deliveries
+        # wait for the same retry time, without using one of their attempts,
+        # so one unreachable peer costs one connection timeout per pass
+        # instead of one per delivery, and other destinations are not starved.
+        unreachable: dict[tuple[str, str, int], dt.datetime] = {}
         tried = 0
-        for delivery_id in due:
+        for row in due:
             if self._stop.is_set() and self._thread is not None:
                 break
-            if self._claim(delivery_id):
-                self._attempt(delivery_id, now)
-                tried += 1
+            peer = (row.ae_title, row.host, row.port)
+            if peer in unreachable:
+                self._postpone(row.id, unreachable[peer])
+                continue
+            if not self._claim(row.id):
+                continue
+            retry_at = self._attempt(row.id, now)
+            tried += 1
+            if retry_at is not None:
+                unreachable[peer] = retry_at
         return tried
+
+    def _postpone(self, delivery_id: int, until: dt.datetime) -> None:
+        with session_scope(self._session_factory) as session:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id == delivery_id, Delivery.state.in_(DUE_STATES), Delivery.next_attempt_at < until)
+                .values(next_attempt_at=until)
+                .execution_options(synchronize_session=False)
+            )
+        logger.info("delivery %s postponed to %s: its peer was unreachable in this pass", delivery_id, until.isoformat())
 
     def _claim(self, delivery_id: int) -> bool:
         # Compare-and-set, so two outbox workers never send the same delivery at once.
@@ -219,14 +241,15 @@ class OutboxWorker:
             ).rowcount
         return claimed == 1
 
-    def _attempt(self, delivery_id: int, now: dt.datetime) -> None:
+    def _attempt(self, delivery_id: int, now: dt.datetime) -> dt.datetime | None:
+        # Returns the retry time when the peer could not be reached at all.
         with session_scope(self._session_factory) as session:
             delivery = session.get(Delivery, delivery_id)
             job = delivery.job
             if job.state in (JobState.CANCELLED, JobState.SUPERSEDED):
                 delivery.state = DeliveryState.CANCELLED
                 jobs.add_event(session, job, reason=f"delivery to {delivery.destination} cancelled: job is {job.state.value}")
-                return
+                return None
             destination = destination_of(self._settings, delivery)
             paths = output_paths(session, delivery)
         calling_ae = destination.calling_ae_title or self._settings.node.ae_title
@@ -241,9 +264,13 @@ class OutboxWorker:
             report = SendReport(destination.name, SendOutcome.TRANSIENT, f"unexpected error: {type(exc).__name__}: {exc}")
 
         with session_scope(self._session_factory) as session:
-            self._record(session, delivery_id, report, now)
+            delivery = self._record(session, delivery_id, report, now)
+            unreachable = report.outcome is SendOutcome.TRANSIENT and not report.delivered
+            if unreachable and delivery.state is DeliveryState.RETRY_WAIT:
+                return as_utc(delivery.next_attempt_at)
+        return None
 
-    def _record(self, session: Session, delivery_id: int, report: SendReport, now: dt.datetime) -> None:
+    def _record(self, session: Session, delivery_id: int, report: SendReport, now: dt.datetime) -> Delivery:
         delivery = session.get(Delivery, delivery_id)
         job = delivery.job
         delivery.attempts += 1
@@ -296,3 +323,4 @@ class OutboxWorker:
         jobs.add_event(session, job, reason=reason, details=details)
         session.flush()
         settle_job(session, job)
+        return delivery

@@ -138,6 +138,35 @@ def test_down_destination_retried_then_delivered_once(tmp_path: Path, sqlite_fac
     assert _job(sqlite_factory, job_id).state is JobState.DONE
 
 
+def test_unreachable_peer_postpones_its_queue(tmp_path: Path, sqlite_factory: sessionmaker[Session]) -> None:
+    port = free_port()
+    with storescp(tmp_path / "viewer") as viewer:
+        settings = make_settings(
+            tmp_path / "node",
+            destinations=[_destination("pacs", "STORESCP", port), _destination("viewer", viewer.ae_title, viewer.port)],
+            backoff_initial_s=30.0,
+            backoff_max_s=120.0,
+        )
+        job_ids = [_run_job(settings, sqlite_factory) for _ in range(3)]
+        outbox = OutboxWorker(settings, sqlite_factory)
+        start = utcnow()
+
+        # One connection attempt to the unreachable peer, then the viewer's three.
+        assert outbox.process_due(start) == 4
+        assert len(viewer.received_files()) == 3
+
+    pacs = [_delivery(sqlite_factory, job_id, "pacs") for job_id in job_ids]
+    assert [d.attempts for d in pacs] == [1, 0, 0]
+    assert [d.state for d in pacs] == [DeliveryState.RETRY_WAIT, DeliveryState.PENDING, DeliveryState.PENDING]
+    assert {as_utc(d.next_attempt_at) for d in pacs} == {start + dt.timedelta(seconds=30)}
+
+    with storescp(tmp_path / "pacs", port=port) as peer:
+        assert outbox.process_due(start + dt.timedelta(seconds=29)) == 0
+        assert outbox.process_due(start + dt.timedelta(seconds=31)) == 3
+        assert len(peer.received_files()) == 3
+    assert all(_job(sqlite_factory, job_id).state is JobState.DONE for job_id in job_ids)
+
+
 def test_rejecting_destination_tried_once(tmp_path: Path, sqlite_factory: sessionmaker[Session]) -> None:
     with storescp(tmp_path / "received", extra=("--refuse",)) as peer:
         settings = make_settings(tmp_path / "node", destinations=[_destination("pacs", peer.ae_title, peer.port)])
