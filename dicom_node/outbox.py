@@ -199,10 +199,10 @@ class OutboxWorker:
                 .limit(self._batch_size)
             ).all()
 
-        # A peer that could not be reached makes its other due deliveries
-        # wait for the same retry time, without using one of their attempts,
-        # so one unreachable peer costs one connection timeout per pass
-        # instead of one per delivery, and other destinations are not starved.
+        # When a peer cannot be reached, its other due deliveries wait for the
+        # same retry time without using one of their attempts. An unreachable
+        # peer then costs one connection timeout per pass, not one per
+        # delivery, and the other destinations are not held up.
         unreachable: dict[tuple[str, str, int], dt.datetime] = {}
         tried = 0
         for row in due:
