@@ -113,11 +113,15 @@ def write_node_config(
     backoff_initial_s: float = 0.5,
     workers: int = 1,
     max_associations: int = 16,
+    test_timings: bool = True,
 ) -> Path:
     """Write the node's TOML settings into ``folder`` and return the file.
 
-    The database and spool live under ``folder / "data"``; the dashboard
-    is off, and fsync is off because the tests never cut the power.
+    The database and spool live under ``folder / "data"`` and the dashboard
+    is off. ``test_timings`` shortens the check and poll intervals and the
+    retry backoff and turns fsync off, because the tests never cut the
+    power. Without it, every setting but the quiet period, the force-complete
+    timeout and the workers keeps its default.
     """
     lines = [
         'log_level = "INFO"',
@@ -129,24 +133,27 @@ def write_node_config(
         "[storage]",
         f'data_dir = "{folder / "data"}"',
         "min_free_mb = 0",
-        "fsync = false",
+        *(["fsync = false"] if test_timings else []),
         "[assembly]",
         f"quiet_period_s = {quiet_period_s}",
         f"force_complete_s = {force_complete_s}",
-        "check_interval_s = 0.5",
+        *(["check_interval_s = 0.5"] if test_timings else []),
         "[inference]",
         f'segmentation_model = "{models.segmentation}"',
         f'nomogram_model = "{models.nomogram}"',
         f"workers = {workers}",
-        "[delivery]",
-        f"backoff_initial_s = {backoff_initial_s}",
-        "backoff_max_s = 4.0",
-        "max_attempts = 30",
-        "poll_interval_s = 0.2",
-        "association_timeout_s = 10.0",
         "[dashboard]",
         "enabled = false",
     ]
+    if test_timings:
+        lines += [
+            "[delivery]",
+            f"backoff_initial_s = {backoff_initial_s}",
+            "backoff_max_s = 4.0",
+            "max_attempts = 30",
+            "poll_interval_s = 0.2",
+            "association_timeout_s = 10.0",
+        ]
     for destination in destinations:
         lines += [
             "[[destinations]]",
@@ -344,6 +351,14 @@ class NodeDatabase:
         with Session(self._engine) as session:
             rows = session.scalars(select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.id)).all()
             return [(delivery.state.value, list(delivery.output_kinds or [])) for delivery in rows]
+
+    def delivered_at(self, job_id: int) -> dt.datetime | None:
+        """Return when the job's last delivery was completed, or None while one is not."""
+        with Session(self._engine) as session:
+            values = session.scalars(select(Delivery.delivered_at).where(Delivery.job_id == job_id)).all()
+        if not values or any(value is None for value in values):
+            return None
+        return max(as_utc(value) for value in values)
 
     def delivery_attempts(self, job_id: int) -> list[tuple[str, float | None]]:
         """Return (outcome, duration in seconds) of every delivery attempt of a job, oldest first."""
