@@ -130,7 +130,20 @@ def _run_serve(args: argparse.Namespace, settings: Settings) -> int:
     # Loading TensorFlow and the model takes seconds; the SCP accepts
     # studies meanwhile, and the first job waits for the shared model.
     threading.Thread(target=_warm_up, args=(step,), name="otscc-warm-up", daemon=True).start()
-    Node(settings, pipeline_step=step).serve_forever()
+    try:
+        Node(settings, pipeline_step=step).serve_forever()
+    except OSError as exc:
+        # Binding the port, or creating the spool or database folder, failed.
+        print(
+            f"otscc-node serve: cannot start on {settings.node.bind_address}:{settings.node.port}: {exc}; "
+            "check that the port is free and the data folder is writable",
+            file=sys.stderr,
+        )
+        return 1
+    except ValueError as exc:
+        # An allowed_peers host that does not resolve, or TLS files that do not load.
+        print(f"otscc-node serve: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import typing
@@ -233,3 +234,16 @@ def test_node_starts_components_and_reports_status(tmp_path):
     assert echo == 0
     assert not (tmp_path / "data" / "spool" / ".incoming" / "left.part").exists()
     assert not node.component_status()["scp_listening"]
+
+
+def test_serve_reports_port_in_use(tmp_path, capsys):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = _write_config(tmp_path, port)
+
+        returncode = main(["serve", "--config", str(config)])
+
+    assert returncode == 1
+    assert f"cannot start on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -292,3 +293,19 @@ def test_associations_beyond_maximum_rejected(tmp_path, sqlite_session_factory):
     # PS3.8 section 9.3.4: rejected-transient (2), by the presentation
     # service-provider (3), local limit exceeded (2).
     assert (second.acceptor.primitive.result, second.acceptor.primitive.result_source, second.acceptor.primitive.diagnostic) == (2, 3, 2)
+
+
+def test_tls_silent_client_does_not_block_others(tmp_path, sqlite_session_factory):
+    certificates = _make_certificates(tmp_path)
+    files = write_series(tmp_path / "in", T2, 1)
+    settings = node_settings(tls=_tls_settings(certificates))
+    tls_args = [
+        "--enable-tls", str(certificates["client.key"]), str(certificates["client.pem"]),
+        "--add-cert-file", str(certificates["ca.pem"]),
+    ]
+
+    with running_scp(tmp_path / "spool", sqlite_session_factory, settings) as scp:
+        with socket.create_connection(("127.0.0.1", scp.port), timeout=5):
+            run = storescu(files, scp.port, extra_args=tls_args, timeout_s=30)
+
+    assert run.succeeded_files == [str(files[0])], run.output
