@@ -230,6 +230,13 @@ def _train_demo_nomogram(
             "--seed",
             str(settings.seed % 10_000),
             "--no-progress",
+            # A demo node has no clinical source, so T stage and depth of
+            # invasion are imputed (and listed as missing in every result)
+            # instead of leaving the demo without a probability.
+            "--impute",
+            "t_stage=mode",
+            "--impute",
+            "doi_mm=median",
         ]
     )
     status = nomogram_train.run_from_args(args)
