@@ -14,8 +14,9 @@ python_bin="${PYTHON:-python3}"
 
 # Run-time peers: dciodvfy (dicom3tools) validates every SEG and SR before it
 # leaves the node; DCMTK's dsrdump reads SRs back. Test-time peers: DCMTK's
-# storescu/storescp, Orthanc, Chromium and Node.js for dcmjs.
-apt_packages=(dcmtk dicom3tools orthanc chromium iproute2 util-linux curl)
+# storescu/storescp, Orthanc, Chromium (with a CJK font for the Chinese
+# dashboard screenshots) and Node.js for dcmjs.
+apt_packages=(dcmtk dicom3tools orthanc chromium fonts-noto-cjk iproute2 util-linux curl)
 command -v node >/dev/null 2>&1 || apt_packages+=(nodejs npm)
 
 install_debian_packages() {
