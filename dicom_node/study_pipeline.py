@@ -149,7 +149,7 @@ class StudyPipeline:
             sources,
             self._writer_options(context),
             existing_series_numbers=_series_numbers(sources),
-            role_evidence=dict(getattr(context, "role_evidence", {}) or {}),
+            role_evidence=dict(context.role_evidence),
         )
         stage_seconds = {**result.stage_seconds, "write": time.monotonic() - started}
 

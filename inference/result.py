@@ -172,6 +172,8 @@ class PipelineResult:
             "probability": None if nomogram is None else nomogram.probability,
             "risk_group": None if nomogram is None else nomogram.risk_group,
             "missing_inputs": [] if nomogram is None else list(nomogram.missing_inputs),
+            "imputed_inputs": [] if nomogram is None else list(nomogram.imputed_inputs),
+            "invalid_inputs": [] if nomogram is None else list(nomogram.invalid_inputs),
             "models": [f"{m.name} {m.version}" for m in self.models],
             "is_demo": self.is_demo,
             "notes": list(self.notes),
