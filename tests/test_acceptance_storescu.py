@@ -133,10 +133,13 @@ def _gunzip_series(source: Path, target: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize(
-    "series",
-    [pytest.param(PHILIPS_SERIES, id="philips-t1-mprage"), pytest.param(ADC_SERIES, id="prostate-adc")],
+    ("series", "why_not_matched"),
+    [
+        pytest.param(PHILIPS_SERIES, "sagittal slices", id="philips-t1-mprage"),
+        pytest.param(ADC_SERIES, "contains DERIVED", id="prostate-adc"),
+    ],
 )
-def test_real_series_fail_naming_missing_roles(node_and_archive, test_data_dir, tmp_path, series):
+def test_real_series_fail_naming_missing_roles(node_and_archive, test_data_dir, tmp_path, series, why_not_matched):
     source = test_data_dir / series
     if not source.is_dir():
         pytest.skip(f"{series} is not in the public test data at {test_data_dir}")
@@ -157,8 +160,8 @@ def test_real_series_fail_naming_missing_roles(node_and_archive, test_data_dir, 
     assert len(sent.succeeded_files) == len(files), sent.output
     assert node_and_archive.database.instance_count(study_uid) == len(files)
     assert job.reason_code == "missing_role"
-    assert "Required series" in job.error_message
-    assert "CE-T1" in job.error_message
+    assert job.error_message.startswith("Required series CE-T1, T2, T1 not received")
+    assert why_not_matched in job.error_message
     assert node_and_archive.node.process.poll() is None
     assert all(set(kinds) <= {"failure_sr"} for _, kinds in deliveries)
     assert results.seg == []
