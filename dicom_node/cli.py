@@ -18,6 +18,7 @@ from typing import Any
 
 from config.settings import Settings, load_settings
 from dicom_node.demo import add_demo_parser
+from dicom_node.passwords import add_hash_password_parser
 from dicom_node.logging_setup import LOG_LEVELS, configure_logging
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_echo_parser(subparsers)
     _add_job_parsers(subparsers)
     add_demo_parser(subparsers)
+    add_hash_password_parser(subparsers)
     return parser
 
 

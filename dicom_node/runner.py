@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from inference.result import SequenceRole
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 10.0
+FAILURE_REPORT_CHECKED = "failure_report_checked"
 
 
 def _destination_kinds(destination: DestinationSettings, kinds: set[OutputKind], *, failure_only: bool) -> list[str]:
@@ -88,6 +89,7 @@ class JobRunner:
         self._poll_interval_s = poll_interval_s
         self._heartbeat_interval_s = heartbeat_interval_s
         self._stop = threading.Event()
+        self._report_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._name = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -138,6 +140,7 @@ class JobRunner:
                 logger.exception("worker %s could not claim a job; trying again in %s s", worker, self._poll_interval_s)
                 job_id = None
             if job_id is None:
+                self._report_assembly_failures()
                 self._stop.wait(self._poll_interval_s)
 
     # Units of work
@@ -222,6 +225,56 @@ class JobRunner:
         finally:
             done.set()
             thread.join()
+
+    def _report_assembly_failures(self) -> None:
+        try:
+            self.report_assembly_failures()
+        except Exception:  # noqa: BLE001 - the worker thread must survive; the next pass tries again
+            logger.exception("failure reports for failed studies could not be made")
+
+    def report_assembly_failures(self) -> list[int]:
+        """Make and queue the failure SR of jobs that the study assembly failed before they ran.
+
+        A study that misses a role or has a gap in a series fails in the
+        completion scheduler, which runs no pipeline. This gives such a job
+        the same short SR that a job failing inside the pipeline gets, for
+        the destinations that want failure reports. Returns the job ids handled.
+        """
+        report = getattr(self._step, "report_failure", None)
+        if report is None:
+            return []
+        with self._report_lock:
+            with session_scope(self._session_factory) as session:
+                pending = _unreported_assembly_failures(session)
+            return [job_id for job_id in pending if self._report_one_failure(job_id, report)]
+
+    def _report_one_failure(self, job_id: int, report: Callable[..., StepOutcome]) -> bool:
+        with session_scope(self._session_factory) as session:
+            job = session.get(Job, job_id)
+            if job is None or job.state is not JobState.FAILED_INPUT:
+                return False
+            context = build_context(session, job, self._settings)
+            reference = _first_instance_path(session, job, self._settings.storage.resolved_spool_dir)
+            error = InputError(job.error_message or job.reason_code or "input failure", code=job.reason_code or "input_failure", hint=job.hint or "")
+
+        try:
+            outcome = report(context, error, reference_path=reference)
+        except Exception as exc:  # noqa: BLE001 - recorded on the job; retrying the same input would fail again
+            logger.error("job %s: failure report could not be made", job_id, exc_info=exc)
+            outcome = StepOutcome(result_summary={"failure_report_error": f"{type(exc).__name__}: {exc}"})
+
+        with session_scope(self._session_factory) as session:
+            job = session.get(Job, job_id, populate_existing=True)
+            if job.state is not JobState.FAILED_INPUT:
+                return False
+            kept = self._store_outputs(session, job, outcome.outputs)
+            kinds = {output.kind for output in outcome.outputs}
+            destinations = self._queue_deliveries(session, job, kinds, failure_only=True) if kinds else []
+            job.result_summary = {**(job.result_summary or {}), **outcome.result_summary, FAILURE_REPORT_CHECKED: True}
+            if destinations:
+                jobs.add_event(session, job, reason=f"failure report queued for {', '.join(destinations)}")
+        remove_stale_files(self._job_folder(job_id), keep=kept)
+        return True
 
     # Results
 
@@ -347,6 +400,32 @@ class JobRunner:
             delivery.state = DeliveryState.CANCELLED
         session.flush()
         return queued
+
+
+def _unreported_assembly_failures(session: Session) -> list[int]:
+    # Jobs the assembly failed never ran, so they have no outputs and no
+    # worker; the summary flag marks the ones already looked at.
+    rows = session.execute(
+        select(Job.id, Job.result_summary)
+        .where(Job.state == JobState.FAILED_INPUT, Job.started_at.is_(None))
+        .order_by(Job.id)
+        .limit(50)
+    ).all()
+    return [job_id for job_id, summary in rows if not (summary or {}).get(FAILURE_REPORT_CHECKED)]
+
+
+def _first_instance_path(session: Session, job: Job, spool_dir: Path) -> Path | None:
+    instance = session.scalars(
+        select(Instance)
+        .join(Series, Instance.series_id == Series.id)
+        .where(Series.study_id == job.study_id, Instance.is_conflict.is_(False))
+        .order_by(Instance.id)
+        .limit(1)
+    ).first()
+    if instance is None:
+        return None
+    path = Path(instance.path)
+    return path if path.is_absolute() else spool_dir / path
 
 
 def _choose_series(session: Session, job: Job) -> dict[str, Series]:

@@ -111,10 +111,19 @@ class StudyPipeline:
         except InputError as error:
             return self._input_failure(context, reference, error)
 
-    def report_failure(self, context: JobContext, error: InputError) -> StepOutcome:
-        """Build the short SR for a job that failed on its input before it ran, such as a missing role."""
+    def report_failure(
+        self, context: JobContext, error: InputError, *, reference_path: Path | None = None
+    ) -> StepOutcome:
+        """Build the short SR for a job that failed on its input before it ran, such as a missing role.
+
+        ``reference_path`` is any instance of the study, used when no series
+        got a role.
+        """
         series_files = {SequenceRole(role): list(item.paths) for role, item in context.series.items()}
-        return self._input_failure(context, _reference_header(series_files), error)
+        reference = _reference_header(series_files)
+        if reference is None and reference_path is not None:
+            reference = _with_type_2_attributes(pydicom.dcmread(reference_path, stop_before_pixels=True))
+        return self._input_failure(context, reference, error)
 
     def _run(
         self,
@@ -205,13 +214,36 @@ class StudyPipeline:
         )
 
 
+# Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1,
+# C.7.2.1) that the writers copy from the source images. Some senders leave
+# them out; the outputs then carry them empty, as Type 2 allows.
+_TYPE_2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def _with_type_2_attributes(ds: pydicom.Dataset) -> pydicom.Dataset:
+    for keyword in _TYPE_2_PATIENT_STUDY:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
 def _reference_header(series_files: Mapping[SequenceRole, Sequence[Path]]) -> pydicom.Dataset | None:
     # Any instance of the study gives the patient and study modules; the
     # CE-T1 is preferred because the outputs lie on it.
     for role in (SequenceRole.CE_T1, SequenceRole.T2, SequenceRole.T1):
         for path in series_files.get(role, ()):
             try:
-                return pydicom.dcmread(path, stop_before_pixels=True)
+                return _with_type_2_attributes(pydicom.dcmread(path, stop_before_pixels=True))
             except (OSError, pydicom.errors.InvalidDicomError):
                 continue
     return None
@@ -223,7 +255,9 @@ def _read_sources(
     sources: dict[SequenceRole, list[pydicom.Dataset]] = {}
     for role, paths in series_files.items():
         read_pixels = with_pixels and role is SequenceRole.CE_T1
-        sources[role] = [pydicom.dcmread(path, stop_before_pixels=not read_pixels) for path in paths]
+        sources[role] = [
+            _with_type_2_attributes(pydicom.dcmread(path, stop_before_pixels=not read_pixels)) for path in paths
+        ]
     return sources
 
 
