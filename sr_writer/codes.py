@@ -16,7 +16,6 @@ from pydicom.sr.coding import Code
 PRIVATE_SCHEME = "99OTSCC"
 
 
-
 def private_scheme_item() -> CodingSchemeIdentificationItem:
     """Build the declaration of the private scheme for CodingSchemeIdentificationSequence."""
     return CodingSchemeIdentificationItem(
@@ -75,6 +74,13 @@ ALL_SUCCEEDED_WITHOUT_FINDINGS = codes.DCM.AllAlgorithmsSucceededWithoutFindings
 NOT_ALL_SUCCEEDED_WITH_FINDINGS = codes.DCM.NotAllAlgorithmsSucceededWithFindings
 NOT_ALL_SUCCEEDED_WITHOUT_FINDINGS = codes.DCM.NotAllAlgorithmsSucceededWithoutFindings
 NONE_SUCCEEDED = codes.DCM.NoAlgorithmsSucceededWithoutFindings
+
+# Image Library (TID 1600) entries: the purpose of reference of a source
+# image, as highdicom's own library entries name it, and the modality
+# descriptor (CID 29) of the CE-T1 series.
+LIBRARY_SOURCE = codes.SCT.Source
+IMAGING_MEASUREMENTS = codes.DCM.ImagingMeasurements
+MODALITIES = {"MR": codes.DCM.MagneticResonance}
 
 # Text statements in the "Qualitative Evaluations" container of TID 1500.
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")

@@ -24,6 +24,7 @@ from inference.result import PipelineResult  # noqa: E402
 
 from .common import (  # noqa: E402
     DEMO_WARNING,
+    SourceSlice,
     contributing_equipment,
     model_label,
     segmentation_model,
@@ -40,7 +41,7 @@ DPI = 100
 
 def build_secondary_capture(
     result: PipelineResult,
-    ce_t1: Sequence[pydicom.Dataset],
+    ce_t1: Sequence[SourceSlice],
     options: WriterOptions,
     *,
     series_instance_uid: str,
@@ -53,8 +54,9 @@ def build_secondary_capture(
     ----------
     result : PipelineResult
         The run; its mask must contain tumour voxels.
-    ce_t1 : sequence of pydicom.Dataset
-        CE-T1 datasets with pixel data, in the mask's slice order.
+    ce_t1 : sequence of SourceSlice
+        The CE-T1 image behind each mask slice, in the mask's slice order,
+        with pixel data.
     options : WriterOptions
         Node identity.
     series_instance_uid, sop_instance_uid : str
@@ -72,19 +74,20 @@ def build_secondary_capture(
     if not slices:
         raise ValueError("segmentation mask is empty; there is no tumour slice to draw")
     for k in slices:
-        if "PixelData" not in ce_t1[k]:
+        if "PixelData" not in ce_t1[k].dataset:
             raise ValueError(
-                f"CE-T1 instance {ce_t1[k].SOPInstanceUID} has no pixel data; pass the CE-T1 "
+                f"CE-T1 instance {ce_t1[k].sop_instance_uid} has no pixel data; pass the CE-T1 "
                 "datasets with their pixels when the Secondary Capture is enabled"
             )
     image = render_montage(
-        [ce_t1[k].pixel_array for k in slices],
+        [ce_t1[k].pixels() for k in slices],
         [mask[k] for k in slices],
-        [int(ce_t1[k].get("InstanceNumber", k + 1)) for k in slices],
+        [ce_t1[k].label() for k in slices],
         headline(result),
     )
+    reference = ce_t1[0].dataset
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=ce_t1[0],
+        ref_dataset=reference,
         pixel_array=image,
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
@@ -98,7 +101,7 @@ def build_secondary_capture(
         transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
         contributing_equipment=[contributing_equipment(options)],
         series_description=f"AI tumour overlay ({model_label(segmentation_model(result))})"[:64],
-        specific_character_set=specific_character_set(ce_t1[0]),
+        specific_character_set=specific_character_set(reference),
     )
     # The outline and text are part of the pixels (PS3.3 C.7.6.1.1.3).
     sc.BurnedInAnnotation = "YES"
@@ -134,7 +137,7 @@ def headline(result: PipelineResult) -> str:
 
 
 def render_montage(
-    images: Sequence[np.ndarray], masks: Sequence[np.ndarray], numbers: Sequence[int], text: str
+    images: Sequence[np.ndarray], masks: Sequence[np.ndarray], labels: Sequence[str], text: str
 ) -> np.ndarray:
     """Draw the slices side by side with red tumour outlines and a text header.
 
@@ -147,25 +150,25 @@ def render_montage(
     figure = Figure(figsize=(PANEL_INCHES * count, PANEL_INCHES + 0.9), dpi=DPI, facecolor="black")
     canvas = FigureCanvasAgg(figure)
     figure.text(0.01, 0.99, text, color="yellow", fontsize=9, va="top", family="DejaVu Sans")
-    for index, (image, mask, number) in enumerate(zip(images, masks, numbers)):
+    for index, (image, mask, label) in enumerate(zip(images, masks, labels)):
         axes = figure.add_axes([index / count, 0.0, 1.0 / count, PANEL_INCHES / (PANEL_INCHES + 0.9)])
         low, high = np.percentile(image, [1.0, 99.0])
         axes.imshow(image, cmap="gray", vmin=low, vmax=max(high, low + 1), interpolation="nearest")
         axes.contour(mask.astype(float), levels=[0.5], colors="red", linewidths=1.2)
-        axes.text(2, 2, f"Im {number}", color="yellow", fontsize=8, va="top")
+        axes.text(2, 2, label, color="yellow", fontsize=8, va="top")
         axes.set_axis_off()
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
     return np.ascontiguousarray(rgba[:, :, :3])
 
 
-def patient_orientation(reference: pydicom.Dataset) -> tuple[str, str]:
+def patient_orientation(reference: SourceSlice) -> tuple[str, str]:
     """Return PatientOrientation (0020,0020) letters of the row and column directions.
 
     The main patient axis of each direction cosine gives the letter, because
     a Secondary Capture carries no orientation matrix of its own.
     """
-    cosines = [float(value) for value in reference.ImageOrientationPatient]
+    cosines = reference.image_orientation
     return _direction_letter(cosines[:3]), _direction_letter(cosines[3:])
 
 

@@ -13,6 +13,7 @@ from inference.result import PipelineResult
 
 from . import codes
 from .common import (
+    SourceSlice,
     contributing_equipment,
     model_label,
     segmentation_model,
@@ -39,7 +40,7 @@ def tracking_uid(seg_instance_uid: str) -> str:
 
 def build_segmentation(
     result: PipelineResult,
-    ce_t1: Sequence[pydicom.Dataset],
+    ce_t1: Sequence[SourceSlice],
     options: WriterOptions,
     *,
     series_instance_uid: str,
@@ -53,8 +54,10 @@ def build_segmentation(
     result : PipelineResult
         The run; ``result.segmentation.mask`` must contain tumour voxels,
         because a SEG without any segmented voxel is invalid.
-    ce_t1 : sequence of pydicom.Dataset
-        CE-T1 headers in the mask's slice order.
+    ce_t1 : sequence of SourceSlice
+        The CE-T1 image behind each mask slice, in the mask's slice order:
+        single-frame instances, or the frames of one multi-frame (Enhanced
+        MR) instance.
     options : WriterOptions
         Node identity and the choice to omit empty frames.
     series_instance_uid, sop_instance_uid : str
@@ -65,9 +68,12 @@ def build_segmentation(
     Raises
     ------
     ValueError
-        If the mask is empty or its shape does not match the source images.
+        If the mask is empty, its shape does not match the source images,
+        or the slices lie on several multi-frame instances or on only part
+        of one.
     """
     mask = _checked_mask(result, ce_t1)
+    source_images, mask = source_images_and_frames(ce_t1, mask)
     model = segmentation_model(result)
 
     description = hd.seg.SegmentDescription(
@@ -89,7 +95,7 @@ def build_segmentation(
     )
 
     seg = hd.seg.Segmentation(
-        source_images=list(ce_t1),
+        source_images=source_images,
         pixel_array=mask,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
@@ -106,7 +112,7 @@ def build_segmentation(
         omit_empty_frames=options.omit_empty_frames,
         contributing_equipment=[contributing_equipment(options)],
         series_description=f"AI tumour SEG ({model_label(model)})"[:64],
-        specific_character_set=specific_character_set(ce_t1[0]),
+        specific_character_set=specific_character_set(source_images[0]),
         coding_schemes=[codes.private_scheme_item()],
     )
     _add_site_attributes(seg, options)
@@ -118,7 +124,7 @@ def build_segmentation(
     return seg
 
 
-def _checked_mask(result: PipelineResult, ce_t1: Sequence[pydicom.Dataset]) -> np.ndarray:
+def _checked_mask(result: PipelineResult, ce_t1: Sequence[SourceSlice]) -> np.ndarray:
     mask = np.asarray(result.segmentation.mask)
     if mask.ndim != 3:
         raise ValueError(f"segmentation mask must be 3-D [z, y, x], got shape {mask.shape}")
@@ -127,7 +133,7 @@ def _checked_mask(result: PipelineResult, ce_t1: Sequence[pydicom.Dataset]) -> n
             "segmentation mask is empty; a SEG needs at least one tumour voxel, "
             "so report 'no tumour found' in the SR alone"
         )
-    first = ce_t1[0]
+    first = ce_t1[0].dataset
     expected = (len(ce_t1), int(first.Rows), int(first.Columns))
     if mask.shape != expected:
         raise ValueError(
@@ -135,6 +141,53 @@ def _checked_mask(result: PipelineResult, ce_t1: Sequence[pydicom.Dataset]) -> n
             f"images {expected} (slices, rows, columns); pass the mask on the CE-T1 grid"
         )
     return (mask > 0).astype(np.uint8)
+
+
+def source_images_and_frames(
+    ce_t1: Sequence[SourceSlice], mask: np.ndarray
+) -> tuple[list[pydicom.Dataset], np.ndarray]:
+    """Return highdicom's ``source_images`` and the mask arranged to match them frame for frame.
+
+    Single-frame sources keep the mask's slice order, one instance per
+    slice. A multi-frame source is passed alone, and the mask is reordered
+    into the source's frame order, because highdicom pairs mask frame ``i``
+    with source frame ``i + 1`` and copies that frame's position and
+    reference (ReferencedFrameNumber) into the SEG.
+
+    Raises
+    ------
+    ValueError
+        If multi-frame slices come from more than one instance, are mixed
+        with single-frame ones, or do not cover every frame of their
+        instance exactly once.
+    """
+    multiframe = [item for item in ce_t1 if item.frame_number is not None]
+    if not multiframe:
+        return [item.dataset for item in ce_t1], mask
+
+    source = multiframe[0].dataset
+    instances = {item.sop_instance_uid for item in ce_t1}
+    if len(multiframe) != len(ce_t1) or len(instances) > 1:
+        raise ValueError(
+            f"the segmentation lies on {len(instances)} CE-T1 instances, at least one of them "
+            f"multi-frame ({source.SOPClassUID.name}), but highdicom builds a SEG only on the "
+            "frames of one multi-frame instance or on single-frame instances; convert the "
+            "CE-T1 series to one of those forms before segmenting it"
+        )
+
+    count = int(source.NumberOfFrames)
+    frame_numbers = sorted(item.frame_number for item in ce_t1)
+    if frame_numbers != list(range(1, count + 1)):
+        raise ValueError(
+            f"the mask's {len(ce_t1)} slices name frames {frame_numbers} of CE-T1 instance "
+            f"{source.SOPInstanceUID} ({source.SOPClassUID.name}, {count} frames), but a SEG on "
+            "one multi-frame source needs every frame exactly once; segment the full stack of frames"
+        )
+
+    by_frame = np.empty_like(mask)
+    for index, item in enumerate(ce_t1):
+        by_frame[item.frame_number - 1] = mask[index]
+    return [source], by_frame
 
 
 def _add_site_attributes(seg: hd.seg.Segmentation, options: WriterOptions) -> None:

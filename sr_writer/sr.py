@@ -27,6 +27,7 @@ from inference.result import ModelIdentity, NomogramResult, PipelineResult, Sequ
 from . import codes
 from .common import (
     contributing_equipment,
+    is_multiframe,
     model_label,
     provenance_statement,
     segmentation_model,
@@ -144,12 +145,16 @@ def build_measurement_report(
     # The Image Library (TID 1600) lists the CE-T1 images the tumour was
     # segmented on, as dcmqi's reports do for their source images.
     ce_t1_series = result.series[SequenceRole.CE_T1].series_instance_uid
+    library_images = [ds for ds in evidence if ds.SeriesInstanceUID == ce_t1_series]
+    with_multiframe = any(is_multiframe(ds) for ds in library_images)
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(options),
         procedure_reported=codes.PROCEDURE_REPORTED,
         imaging_measurements=[group],
-        referenced_images=[ds for ds in evidence if ds.SeriesInstanceUID == ce_t1_series] or None,
+        referenced_images=None if with_multiframe else library_images or None,
     )
+    if with_multiframe:
+        insert_image_library(report[0], library_images)
     statements = _statements(result, role_evidence or {}, options)
     report[0].ContentSequence.append(qualitative_container(statements))
 
@@ -175,6 +180,102 @@ def build_measurement_report(
         sop_instance_uid, result.study_instance_uid, seg is not None,
     )
     return sr
+
+
+def insert_image_library(root: pydicom.Dataset, images: Sequence[pydicom.Dataset]) -> None:
+    """Insert a TID 1600 Image Library that may list multi-frame images before the Imaging Measurements.
+
+    highdicom 0.28 describes every library image with the top-level
+    PixelSpacing and ImagePositionPatient of a single-frame image (TID
+    1604), which an Enhanced MR instance keeps per frame in functional
+    groups. A multi-frame entry therefore carries only the descriptors that
+    hold for the whole instance: modality, frame of reference, rows and
+    columns (TID 1602).
+    """
+    library = hd.sr.ContainerContentItem(
+        name=pydicom.sr.codedict.codes.DCM.ImageLibrary,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    library.ContentSequence = hd.sr.ContentSequence(
+        [_library_group(frame_uid, group) for frame_uid, group in _by_frame_of_reference(images).items()]
+    )
+    position = next(
+        index for index, item in enumerate(root.ContentSequence)
+        if item.ConceptNameCodeSequence[0].CodeValue == codes.IMAGING_MEASUREMENTS.value
+    )
+    root.ContentSequence.insert(position, library)
+
+
+def _by_frame_of_reference(images: Sequence[pydicom.Dataset]) -> dict[str, list[pydicom.Dataset]]:
+    groups: dict[str, list[pydicom.Dataset]] = {}
+    for ds in images:
+        groups.setdefault(str(ds.get("FrameOfReferenceUID", "")), []).append(ds)
+    return groups
+
+
+def _library_group(frame_of_reference_uid: str, images: Sequence[pydicom.Dataset]) -> hd.sr.ContainerContentItem:
+    group = hd.sr.ContainerContentItem(
+        name=pydicom.sr.codedict.codes.DCM.ImageLibraryGroup,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    items: list[pydicom.Dataset] = []
+    if frame_of_reference_uid:
+        items.append(
+            hd.sr.UIDRefContentItem(
+                name=pydicom.sr.codedict.codes.DCM.FrameOfReferenceUID,
+                value=frame_of_reference_uid,
+                relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT,
+            )
+        )
+    items.extend(_library_entry(ds) for ds in images)
+    group.ContentSequence = hd.sr.ContentSequence(items)
+    return group
+
+
+def _library_entry(ds: pydicom.Dataset) -> hd.sr.ImageContentItem:
+    entry = hd.sr.ImageContentItem(
+        name=codes.LIBRARY_SOURCE,
+        referenced_sop_class_uid=str(ds.SOPClassUID),
+        referenced_sop_instance_uid=str(ds.SOPInstanceUID),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    if is_multiframe(ds):
+        entry.ContentSequence = hd.sr.ContentSequence(_multiframe_descriptors(ds))
+    else:
+        entry.ContentSequence = hd.sr.ContentSequence(list(hd.sr.ImageLibraryEntryDescriptors(ds)))
+    return entry
+
+
+def _multiframe_descriptors(ds: pydicom.Dataset) -> list[pydicom.Dataset]:
+    modality = str(ds.get("Modality", ""))
+    if modality not in codes.MODALITIES:
+        raise ValueError(
+            f"CE-T1 instance {ds.SOPInstanceUID} has Modality {modality!r}; "
+            "the CE-T1 series must be MR"
+        )
+    context = hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT
+    pixels = Code("{pixels}", "UCUM", "Pixels")
+    descriptors: list[pydicom.Dataset] = [
+        hd.sr.CodeContentItem(
+            name=pydicom.sr.codedict.codes.DCM.Modality, value=codes.MODALITIES[modality], relationship_type=context
+        )
+    ]
+    if "FrameOfReferenceUID" in ds:
+        descriptors.append(
+            hd.sr.UIDRefContentItem(
+                name=pydicom.sr.codedict.codes.DCM.FrameOfReferenceUID,
+                value=str(ds.FrameOfReferenceUID),
+                relationship_type=context,
+            )
+        )
+    descriptors.extend(
+        hd.sr.NumContentItem(name=name, value=int(value), unit=pixels, relationship_type=context)
+        for name, value in (
+            (pydicom.sr.codedict.codes.DCM.PixelDataRows, ds.Rows),
+            (pydicom.sr.codedict.codes.DCM.PixelDataColumns, ds.Columns),
+        )
+    )
+    return descriptors
 
 
 def add_equipment_attributes(ds: pydicom.Dataset, options: WriterOptions) -> None:

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ import pytest
 import SimpleITK as sitk
 from scipy.spatial import cKDTree
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from inference.result import (
     GridGeometry,
@@ -437,3 +437,78 @@ def find_items(root: pydicom.Dataset, meaning: str) -> list[pydicom.Dataset]:
             found.append(child)
         found.extend(find_items(child, meaning))
     return found
+
+
+# Enhanced MR (multi-frame) CE-T1 series.
+
+def make_enhanced_study(frame_order: Sequence[int] | None = None, **study_options: object) -> tuple[SyntheticStudy, list[pydicom.Dataset]]:
+    """Build a study whose CE-T1 series is one Enhanced MR instance, and the single-frame slices it was made of.
+
+    ``frame_order[i]`` is the mask slice stored as frame ``i + 1``; the
+    default reverses the slices, so that frame order differs from z order.
+    The single-frame slices are returned as the geometric truth for tests.
+    """
+    study = make_study(**study_options)
+    slices = study.sources[SequenceRole.CE_T1]
+    order = list(frame_order) if frame_order is not None else list(range(len(slices)))[::-1]
+    enhanced = enhanced_mr_from_slices(slices, order)
+    study.sources[SequenceRole.CE_T1] = [enhanced]
+
+    uid = str(enhanced.SOPInstanceUID)
+    frame_of_slice = {k: frame + 1 for frame, k in enumerate(order)}
+    study.result.series[SequenceRole.CE_T1] = replace(
+        study.result.series[SequenceRole.CE_T1], sop_instance_uids=(uid,) * len(slices)
+    )
+    study.result.segmentation.source_sop_instance_uids = (uid,) * len(slices)
+    study.result.segmentation.source_frame_numbers = tuple(frame_of_slice[k] for k in range(len(slices)))
+    return study, slices
+
+
+def enhanced_mr_from_slices(slices: Sequence[pydicom.Dataset], order: Sequence[int]) -> pydicom.Dataset:
+    """Merge single-frame MR slices into one Enhanced MR instance, slice ``order[i]`` as frame ``i + 1``."""
+    first = slices[0]
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+    for keyword in _ENHANCED_COPIED:
+        if keyword in first:
+            setattr(ds, keyword, first[keyword].value)
+    ds.SOPClassUID = EnhancedMRImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.InstanceNumber = 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.NumberOfFrames = len(order)
+
+    measures = pydicom.Dataset()
+    measures.PixelSpacing = first.PixelSpacing
+    measures.SliceThickness = first.SliceThickness
+    orientation = pydicom.Dataset()
+    orientation.ImageOrientationPatient = first.ImageOrientationPatient
+    shared = pydicom.Dataset()
+    shared.PixelMeasuresSequence = [measures]
+    shared.PlaneOrientationSequence = [orientation]
+    ds.SharedFunctionalGroupsSequence = [shared]
+
+    per_frame = []
+    for k in order:
+        position = pydicom.Dataset()
+        position.ImagePositionPatient = slices[k].ImagePositionPatient
+        group = pydicom.Dataset()
+        group.PlanePositionSequence = [position]
+        per_frame.append(group)
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    ds.PixelData = b"".join(slices[k].PixelData for k in order)
+    return ds
+
+
+_ENHANCED_COPIED = (
+    "SpecificCharacterSet", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
+    "PositionReferenceIndicator", "Modality", "PatientName", "PatientID", "PatientBirthDate",
+    "PatientSex", "StudyDate", "SeriesDate", "ContentDate", "StudyTime", "SeriesTime",
+    "ContentTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
+    "SeriesDescription", "SeriesNumber", "Manufacturer", "SamplesPerPixel",
+    "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
+    "PixelRepresentation",
+)

@@ -9,6 +9,7 @@ from pydicom.uid import SecondaryCaptureImageStorage
 
 from inference.result import SequenceRole
 from sr_writer import WriterOptions, build_outputs
+from sr_writer.common import SourceSlice
 from sr_writer.secondary_capture import patient_orientation, tumour_slices
 
 from . import sr_helpers as helpers
@@ -78,7 +79,7 @@ def test_patient_orientation_letters(orientation: tuple, expected: tuple[str, st
     reference = pydicom.Dataset()
     reference.ImageOrientationPatient = list(orientation)
 
-    assert patient_orientation(reference) == expected
+    assert patient_orientation(SourceSlice(reference)) == expected
 
 
 def test_capture_needs_pixel_data() -> None:
