@@ -120,8 +120,12 @@ def _sr_content_entropy(result: PipelineResult) -> list[str]:
     if nomogram is None:
         return ["nomogram=none"]
     probability = "none" if nomogram.probability is None else f"{nomogram.probability:.6f}"
-    return [
+    entropy = [
         f"probability={probability}",
         "missing=" + ",".join(sorted(nomogram.missing_inputs)),
         "imputed=" + ",".join(sorted(nomogram.imputed_inputs)),
     ]
+    # Added only when present, so that earlier runs keep their UIDs.
+    if nomogram.invalid_inputs:
+        entropy.append("invalid=" + ",".join(sorted(nomogram.invalid_inputs)))
+    return entropy

@@ -424,12 +424,7 @@ def _statements(
     for role, evidence in sorted(role_evidence.items()):
         items.append(text_item(codes.ROLE_EVIDENCE, f"{role}: {evidence}"))
     if result.nomogram is not None:
-        items.extend(text_item(codes.MISSING_INPUT, name) for name in result.nomogram.missing_inputs)
-        items.extend(text_item(codes.IMPUTED_INPUT, name) for name in result.nomogram.imputed_inputs)
-        if result.nomogram.probability is None:
-            items.append(
-                text_item(codes.COMMENT, "No nodal metastasis probability: a required clinical variable is missing.")
-            )
+        items.extend(_clinical_input_statements(result.nomogram))
     if result.radiomics.status != "ok" and result.radiomics.message:
         items.append(text_item(codes.COMMENT, f"Radiomics: {result.radiomics.message}"))
     items.extend(text_item(codes.COMMENT, note) for note in result.notes)
@@ -438,6 +433,31 @@ def _statements(
         for item in options.superseded_objects
     )
     items.append(text_item(codes.COMMENT, provenance_statement(result)))
+    return items
+
+
+def _clinical_input_statements(nomogram: NomogramResult) -> list[pydicom.Dataset]:
+    # NomogramResult counts invalid inputs as missing too, so they appear
+    # under both concepts: "missing" means the value was not used, and
+    # "invalid" gives the reason.
+    items = [text_item(codes.MISSING_INPUT, name) for name in nomogram.missing_inputs]
+    items.extend(text_item(codes.INVALID_INPUT, name) for name in nomogram.invalid_inputs)
+    items.extend(text_item(codes.IMPUTED_INPUT, name) for name in nomogram.imputed_inputs)
+    if nomogram.probability is None:
+        items.append(
+            text_item(
+                codes.COMMENT,
+                "No nodal metastasis probability: a required clinical variable is missing or invalid.",
+            )
+        )
+    elif nomogram.imputed_inputs:
+        items.append(
+            text_item(
+                codes.COMMENT,
+                "The nodal metastasis probability was computed with imputed values for: "
+                + ", ".join(nomogram.imputed_inputs) + ".",
+            )
+        )
     return items
 
 

@@ -227,6 +227,59 @@ def test_sr_without_probability_explains() -> None:
     assert any("clinical variable is missing" in text for text in _texts(sr, "Comment"))
 
 
+def _read_back(sr: pydicom.Dataset, folder: Path) -> pydicom.Dataset:
+    document = hd.sr.srread(helpers.save(sr, folder, "sr.dcm"))
+    hd.sr.MeasurementReport.from_sequence([document]).get_volumetric_roi_measurement_groups()
+    return document
+
+
+def test_sr_lists_imputed_and_invalid_inputs(tmp_path: Path) -> None:
+    study = helpers.make_study(missing_inputs=("depth_of_invasion_mm", "t_stage"))
+    study.result.nomogram.invalid_inputs = ["t_stage"]
+    _, sr = _outputs(study)
+    document = _read_back(sr, tmp_path)
+    comments = _texts(document, "Comment")
+
+    assert _texts(document, codes.MISSING_INPUT.meaning) == ["depth_of_invasion_mm", "t_stage"]
+    assert _texts(document, codes.IMPUTED_INPUT.meaning) == ["depth_of_invasion_mm", "t_stage"]
+    assert _texts(document, codes.INVALID_INPUT.meaning) == ["t_stage"]
+    assert (
+        "The nodal metastasis probability was computed with imputed values for: "
+        "depth_of_invasion_mm, t_stage." in comments
+    )
+
+
+def test_sr_invalid_input_without_probability(tmp_path: Path) -> None:
+    study = helpers.make_study(probability=None, missing_inputs=("t_stage",))
+    study.result.nomogram.invalid_inputs = ["t_stage"]
+    _, sr = _outputs(study)
+    document = _read_back(sr, tmp_path)
+    comments = " ".join(_texts(document, "Comment"))
+
+    assert _texts(document, codes.INVALID_INPUT.meaning) == ["t_stage"]
+    assert _texts(document, codes.IMPUTED_INPUT.meaning) == []
+    assert "a required clinical variable is missing or invalid" in comments
+    assert "imputed values" not in comments
+
+
+def test_sr_without_imputation_has_no_imputed_note() -> None:
+    study = helpers.make_study(missing_inputs=())
+    _, sr = _outputs(study)
+
+    assert _texts(sr, codes.IMPUTED_INPUT.meaning) == []
+    assert _texts(sr, codes.INVALID_INPUT.meaning) == []
+    assert not any("imputed values" in text for text in _texts(sr, "Comment"))
+
+
+def test_invalid_inputs_change_sr_uid() -> None:
+    study = helpers.make_study()
+    _, first = _outputs(study)
+    study.result.nomogram.invalid_inputs = ["depth_of_invasion_mm"]
+    _, second = _outputs(study)
+
+    assert first.SOPInstanceUID != second.SOPInstanceUID
+
+
 def test_sr_without_tumour_says_so() -> None:
     study = helpers.make_study(empty=True)
     seg, sr = _outputs(study)
