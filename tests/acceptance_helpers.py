@@ -372,6 +372,15 @@ class NodeDatabase:
         return [(outcome, duration) for outcome, duration in rows]
 
 
+def jobs_from_cli(config: Path, *arguments: str) -> list[dict]:
+    """Return the jobs ``otscc-node jobs --json`` lists with the node's settings file."""
+    command = [sys.executable, "-m", "dicom_node.cli", "jobs", "--config", str(config), "--json", *arguments]
+    completed = subprocess.run(command, cwd=REPOSITORY_ROOT, env=node_environment(), capture_output=True, text=True, timeout=60, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"otscc-node jobs failed with {completed.returncode}: {completed.stderr[-2000:]}")
+    return list(json.loads(completed.stdout)["jobs"])
+
+
 def wait_for_job_state(
     database: NodeDatabase, study_instance_uid: str, states: Sequence[str], timeout_s: float, node: NodeProcess | None = None
 ) -> JobView:

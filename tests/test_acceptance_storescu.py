@@ -28,6 +28,7 @@ from tests.acceptance_helpers import (
     NodeDatabase,
     NodeProcess,
     acceptance_models,
+    jobs_from_cli,
     read_received,
     received_results,
     results_by_study,
@@ -195,6 +196,7 @@ def test_parallel_senders_each_study_once(node_and_archive):
     for phantom in phantoms:
         _wait_for_results(node_and_archive.archive, phantom.study_instance_uid)
     grouped = results_by_study(read_received(node_and_archive.archive))
+    listed = {job["study_instance_uid"]: job for job in jobs_from_cli(node_and_archive.node.config, "--limit", "100")}
 
     for phantom in phantoms:
         study_uid = phantom.study_instance_uid
@@ -202,3 +204,6 @@ def test_parallel_senders_each_study_once(node_and_archive):
         assert node_and_archive.database.job_states(study_uid) == ["done"]
         assert len(grouped[study_uid].seg) == 1
         assert len(grouped[study_uid].sr) == 1
+    for index, phantom in enumerate(phantoms):
+        assert listed[phantom.study_instance_uid]["state"] == "done"
+        assert listed[phantom.study_instance_uid]["calling_ae_title"] == f"MODALITY{index}"
