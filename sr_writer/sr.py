@@ -199,9 +199,14 @@ def insert_image_library(root: pydicom.Dataset, images: Sequence[pydicom.Dataset
     library.ContentSequence = hd.sr.ContentSequence(
         [_library_group(frame_uid, group) for frame_uid, group in _by_frame_of_reference(images).items()]
     )
+    # The library goes where highdicom puts its own: just before the
+    # Imaging Measurements container.
     position = next(
-        index for index, item in enumerate(root.ContentSequence)
-        if item.ConceptNameCodeSequence[0].CodeValue == codes.IMAGING_MEASUREMENTS.value
+        (
+            index for index, item in enumerate(root.ContentSequence)
+            if item.ConceptNameCodeSequence[0].CodeValue == codes.IMAGING_MEASUREMENTS.value
+        ),
+        len(root.ContentSequence),
     )
     root.ContentSequence.insert(position, library)
 
