@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import logging
 import platform
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from training.seg_eval import (
     format_case_table,
     format_summary_table,
 )
-from training.seg_train import TrainConfig, TrainResult, train_segmentation
+from training.seg_train import DEMO_INTENDED_USE, TrainConfig, TrainResult, train_segmentation
 
 logger = logging.getLogger(__name__)
 
@@ -244,8 +243,19 @@ def _train_demo_nomogram(
         raise RuntimeError(f"nomogram training failed with exit status {status}")
 
     models_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(output / nomogram_train.MODEL_FILE, models_dir / NOMOGRAM_FILE)
+    write_demo_nomogram(output / nomogram_train.MODEL_FILE, models_dir / NOMOGRAM_FILE)
     return _nomogram_aucs(output / nomogram_train.PREDICTIONS_FILE), ""
+
+
+def write_demo_nomogram(source: Path, target: Path) -> None:
+    """Copy a trained nomogram file, with an intended use that states it is a synthetic demo."""
+    from inference.nomogram import NomogramModel  # noqa: PLC0415
+
+    model = NomogramModel.load(source)
+    if not model.is_demo:
+        raise ValueError(f"nomogram {source} is not marked is_demo; train it with --demo")
+    model = dataclasses.replace(model, intended_use=DEMO_INTENDED_USE)
+    model.save(target)
 
 
 def _nomogram_aucs(predictions_csv: Path) -> dict[str, str]:
@@ -277,7 +287,7 @@ def render_report(result: DemoResult) -> str:
     lines = [
         "# Demo model",
         "",
-        f"> **{DEMO_NOTICE}** Every manifest and model file it writes says `is_demo: true`.",
+        f"> **{DEMO_NOTICE}** Every manifest and model file it writes sets `is_demo: true`.",
         "",
         "The demo models let the node run end to end without a clinical model. They",
         "were trained only on synthetic phantoms from `training.phantom`, whose tumours",

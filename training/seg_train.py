@@ -303,8 +303,24 @@ def train_segmentation(
         "training_cases": float(len(train_cases)),
         "validation_cases": float(len(val_cases)),
     }
-    write_package(model, Path(out_dir), config.manifest(metrics))
+    export = _without_optimizer(model, config, manifest.num_classes)
+    write_package(export, Path(out_dir), config.manifest(metrics))
     return result
+
+
+def _without_optimizer(model, config: TrainConfig, num_classes: int):
+    """Return a fresh, uncompiled U-Net with the trained weights.
+
+    ``model.save`` stores the optimizer state of a compiled model, and Adam's
+    two moment tensors per weight would triple the package's size.
+    """
+    from inference.unet import build_unet  # noqa: PLC0415
+
+    copy = build_unet(
+        config.input_size, len(config.channels), num_classes, config.alpha, dropout=config.dropout
+    )
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _set_batch_norm_momentum(model, momentum: float) -> None:
