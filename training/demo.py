@@ -39,6 +39,50 @@ NOMOGRAM_FILE = "nomogram.json"
 DEMO_NOTICE = "DEMO MODEL trained on synthetic phantoms only. NOT FOR CLINICAL USE."
 
 
+LIMITS_SECTION = (
+    "## Limits",
+    "",
+    "- Phantom tumours enhance and brighten far more uniformly than real ones, and all",
+    "  three series share one grid, so the node's registration is barely exercised.",
+    "- The smallest phantom tumours (a few hundred mm3, a few dozen voxels at 128x128)",
+    "  score lowest, and a Dice score on them moves by several points per voxel.",
+    "- The single-sequence ranking reflects the contrasts chosen in",
+    "  `training.phantom_anatomy.SIGNAL`, not the value of each sequence in patients.",
+    "- The nomogram's labels come from a known formula, so its AUC only shows that the",
+    "  workflow recovers a planted signal.",
+)
+
+# Static part of the report page: what the phantoms are and the cohort CSV format.
+PHANTOM_SECTION = (
+    "## Phantoms",
+    "",
+    "`training.phantom.make_study` writes one study as single-frame MR Image Storage",
+    "files in `<folder>/ce_t1/`, `t2/` and `t1/` (`NNNN.dcm`). The three axial series share",
+    "one frame of reference and follow Siemens, GE or Philips header styles. Options add",
+    "GB18030 Chinese names and descriptions, JPEG-LS or RLE lossless compression and",
+    "decoy series (localizer, coronal CE-T1, fat-saturated T1). The anatomy is a drawn",
+    "head-and-neck slice stack (tongue, floor of mouth, mandible, fat, muscle, airway)",
+    "with an irregular tumour at the lateral tongue, a smooth bias field and Rician noise.",
+    "Every object is labelled `SYNTHETIC PHANTOM - NOT A PATIENT`, and the same seed",
+    "gives the same study and UIDs.",
+    "",
+    "`training.phantom.make_cohort` writes `case_NNN/` folders with `mask.nii.gz` and a",
+    "`cohort.csv` with these columns (paths relative to the CSV):",
+    "",
+    "| column | meaning |",
+    "|---|---|",
+    "| `case_id`, `folder`, `mask_path` | case name, study folder, tumour mask (NIfTI) |",
+    "| `age`, `sex` | as in the DICOM header (years, `M`/`F`) |",
+    "| `t_stage` | `T1`-`T4` from maximum diameter and depth of invasion (AJCC 8th edition "
+    "size and DOI cut-offs for T1-T3; a DOI above 20 mm is used in place of T4 invasion) |",
+    "| `doi_mm` | depth of invasion: deepest tumour voxel below the tongue surface |",
+    "| `ln_metastasis` | 0/1 label drawn from a logistic model of log volume, DOI and "
+    "heterogeneity plus noise |",
+    "| `split` | `train` or `test` (30% test by default) |",
+    "| `vendor`, `lesion_volume_mm3`, `max_diameter_mm`, `heterogeneity` | ground truth for checks |",
+)
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     """Sizes, seeds and training settings of the demo build.
@@ -333,6 +377,7 @@ def render_report(result: DemoResult) -> str:
         "",
     ]
     lines.extend(_nomogram_lines(result))
+    lines.extend(["", *LIMITS_SECTION, "", *PHANTOM_SECTION])
     lines.extend(
         [
             "",
