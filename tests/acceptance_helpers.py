@@ -12,6 +12,7 @@ SR back with pydicom only.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime as dt
 import json
@@ -29,8 +30,10 @@ from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.orm import Session
 
 from db.models import Delivery, DeliveryAttempt, Instance, Job, Series, Study
+from inference.result import SequenceRole
 from tests.nomogram_helpers import hand_model_document
 from tests.peers import OrthancPeer, require_binary, stop_process, wait_until
+from training.phantom import PhantomStudy, t_stage
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 DEMO_SEGMENTATION = REPOSITORY_ROOT / "models" / "demo" / "segmentation"
@@ -89,6 +92,21 @@ def acceptance_models(folder: Path) -> ModelFiles:
     return shipped_demo_models() or threshold_models(folder)
 
 
+def write_clinical_csv(path: Path, phantoms: Sequence[PhantomStudy]) -> Path:
+    """Write the phantoms' T category and depth of invasion to a clinical CSV keyed by AccessionNumber.
+
+    The shipped demo nomogram uses both variables and imputes neither, so
+    without them the node reports no probability.
+    """
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["AccessionNumber", "t_stage", "doi_mm"])
+        for phantom in phantoms:
+            header = pydicom.dcmread(phantom.files[SequenceRole.CE_T1][0], stop_before_pixels=True)
+            writer.writerow([header.AccessionNumber, t_stage(phantom.max_diameter_mm, phantom.doi_mm), f"{phantom.doi_mm:.2f}"])
+    return path
+
+
 # ---------------------------------------------------------------- node configuration and process
 
 
@@ -114,6 +132,7 @@ def write_node_config(
     workers: int = 1,
     max_associations: int = 16,
     test_timings: bool = True,
+    clinical_csv: Path | None = None,
 ) -> Path:
     """Write the node's TOML settings into ``folder`` and return the file.
 
@@ -121,7 +140,8 @@ def write_node_config(
     is off. ``test_timings`` shortens the check and poll intervals and the
     retry backoff and turns fsync off, because the tests never cut the
     power. Without it, every setting but the quiet period, the force-complete
-    timeout and the workers keeps its default.
+    timeout and the workers keeps its default. ``clinical_csv`` is the
+    clinical CSV file the node looks studies up in, by AccessionNumber.
     """
     lines = [
         'log_level = "INFO"',
@@ -145,6 +165,8 @@ def write_node_config(
         "[dashboard]",
         "enabled = false",
     ]
+    if clinical_csv is not None:
+        lines += ["[clinical]", f'csv_file = "{clinical_csv}"', 'key = "accession_number"']
     if test_timings:
         lines += [
             "[delivery]",

@@ -9,6 +9,7 @@ through Orthanc's REST API.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from tests.acceptance_helpers import (
     sr_algorithm_names,
     sr_probability,
     wait_for_job_state,
+    write_clinical_csv,
     write_node_config,
 )
 from tests.conftest import free_port
@@ -63,7 +65,11 @@ def pacs_and_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsAndN
 
     with start_orthanc(folder, modalities={"node": (NODE_AE, "127.0.0.1", node_port)}) as orthanc:
         config = write_node_config(
-            folder, port=node_port, models=models, destinations=[Destination("pacs", orthanc.ae_title, orthanc.dicom_port)]
+            folder,
+            port=node_port,
+            models=models,
+            destinations=[Destination("pacs", orthanc.ae_title, orthanc.dicom_port)],
+            clinical_csv=folder / "clinical.csv",
         )
         node = NodeProcess(config, node_port, folder / "node.log", prefix=orthanc.namespace_prefix)
         node.start()
@@ -79,6 +85,7 @@ def pacs_and_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PacsAndN
 def forwarded_study(pacs_and_node: PacsAndNode) -> tuple[PhantomStudy, dict[str, list[pydicom.Dataset]]]:
     # The demo model was trained on 128 x 128 x 24 phantoms, so the study has that grid.
     phantom = make_study(pacs_and_node.folder / "phantom", seed=4021)
+    write_clinical_csv(pacs_and_node.folder / "clinical.csv", [phantom])
     files = [path for role in SequenceRole for path in phantom.files[role]]
     orthanc = pacs_and_node.orthanc
     orthanc_upload(orthanc, files)
@@ -135,5 +142,7 @@ def test_sr_states_probability_and_model(forwarded_study, pacs_and_node):
     assert str(sr.StudyInstanceUID) == phantom.study_instance_uid
     assert probability is not None
     assert 0.0 <= probability <= 1.0
+    assert pacs_and_node.database.jobs(phantom.study_instance_uid)[-1].result_summary["clinical_source"] == "csv"
     assert manifest_name(pacs_and_node.models.segmentation) in sr_algorithm_names(sr)
+    assert json.loads(pacs_and_node.models.nomogram.read_text(encoding="utf-8"))["name"] in sr_algorithm_names(sr)
 
