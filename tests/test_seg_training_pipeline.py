@@ -219,3 +219,23 @@ def test_cli_finds_requested_command():
     args = build_parser("eval-seg").parse_args(["eval-seg", "--data", "cohort.csv", "--package", "all=pkg"])
     assert args.package == ["all=pkg"]
     assert args.summary_only is False
+
+
+@pytest.mark.slow
+def test_cli_trains_and_scores_cohort(tmp_path, capsys):
+    cohort = tmp_path / "cohort"
+    package = tmp_path / "package"
+    options = ["--rows", "32", "--columns", "32", "--slices", "6"]
+
+    assert cli_main(["phantoms", "--cohort", "--output-directory", str(cohort), "--count", "3", *options]) == 0
+    assert cli_main([
+        "train-seg", "--data", str(cohort / "cohort.csv"), "--output", str(package),
+        "--input-size", "32", "--epochs", "1", "--batch-size", "4", "--run-eagerly",
+    ]) == 0
+    assert cli_main(["eval-seg", "--data", str(cohort / "cohort.csv"), "--package", f"all={package}"]) == 0
+
+    output = capsys.readouterr().out
+    assert (package / "manifest.json").is_file()
+    assert "| all | train | 2 |" in output
+    assert "| all | test | 1 |" in output
+    assert "all on test" in output

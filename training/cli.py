@@ -188,6 +188,11 @@ def _add_train_seg(parser: argparse.ArgumentParser) -> None:
         help="local weights file for the MobileNetV2 encoder (default: random)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--run-eagerly",
+        action="store_true",
+        help="run training steps eagerly: skips graph tracing, only faster for a few steps",
+    )
     parser.add_argument("--name", default="otscc-tongue-seg", help="model name in the manifest")
     parser.add_argument("--version", default="0.1.0", help="model version in the manifest")
     parser.add_argument(
@@ -249,6 +254,7 @@ def _run_train_seg(args: argparse.Namespace) -> int:
         encoder_weights=args.encoder_weights,
         name=args.name,
         version=args.version,
+        run_eagerly=args.run_eagerly,
         **config_options,
     )
     train, val, _ = _split_cases(args.data, args.val_fraction, args.seed)
