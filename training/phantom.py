@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from inference.result import GridGeometry, SequenceRole
+from inference.segment import max_diameter_mm
 from training.phantom_anatomy import (
     SIGNAL,
     T1_FAT_SAT_SIGNAL,
@@ -200,6 +201,7 @@ def make_study(
     header = _study_header(seed, vendor_enum, chinese, patient_name, study_instance_uid, rng)
     style = vendor_style(vendor_enum, chinese)
     axial = _axial_geometry(grid, pixel_mm, slice_thickness_mm)
+    geometry = _grid_geometry(grid, pixel_mm, slice_thickness_mm)
 
     study = PhantomStudy(
         folder=Path(out_dir),
@@ -209,10 +211,10 @@ def make_study(
         files={},
         sop_instance_uids={},
         mask=lesion_mask.astype(np.uint8),
-        geometry=_grid_geometry(grid, pixel_mm, slice_thickness_mm),
+        geometry=geometry,
         lesion=lesion,
         lesion_volume_mm3=float(lesion_mask.sum()) * pixel_mm * pixel_mm * slice_thickness_mm,
-        max_diameter_mm=_max_diameter(lesion_mask, grid),
+        max_diameter_mm=max_diameter_mm(lesion_mask, geometry),
         doi_mm=depth_of_invasion(lesion_mask, grid),
         vendor=vendor_enum,
         patient_sex=header.patient_sex,
@@ -366,22 +368,6 @@ def _write_extra_series(
         )
         written[kind.value] = paths
     return written
-
-
-def _max_diameter(mask: np.ndarray, grid: Grid) -> float:
-    """Return the maximum 3D distance between two mask voxel centres, in millimetres.
-
-    NOTE: masks of more than 2000 voxels use a fixed random subset of 2000, so
-    the result can fall slightly short of the true maximum.
-    """
-    z, y, x = np.nonzero(mask)
-    points = np.stack([grid.x_mm[x], grid.y_mm[y], grid.z_mm[z]], axis=1).astype(np.float64)
-    if len(points) > 2000:
-        points = points[np.random.default_rng(0).choice(len(points), 2000, replace=False)]
-    if len(points) < 2:
-        return float(np.diff(grid.x_mm[:2]).item()) if grid.x_mm.size > 1 else 0.0
-    diffs = points[:, None, :] - points[None, :, :]
-    return float(np.sqrt((diffs**2).sum(axis=-1)).max())
 
 
 def depth_of_invasion(mask: np.ndarray, grid: Grid) -> float:

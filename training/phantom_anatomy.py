@@ -249,7 +249,7 @@ def lesion_masks(grid: Grid, lesion: LesionSpec) -> tuple[np.ndarray, np.ndarray
     core_full[tuple(bounds)] = core_box
     lesion_full &= tongue
 
-    # Every lesion covers at least its centre voxel, so no phantom has an empty mask.
+    # Every lesion covers at least the voxel nearest its centre, so no phantom has an empty mask.
     if not lesion_full.any():
         index = tuple(int(np.abs(axis - c).argmin()) for axis, c in zip(axes, centre[::-1]))
         lesion_full[index] = True
