@@ -92,7 +92,7 @@ class LesionSpec:
     """Shape and appearance of the synthetic tumour.
 
     ``centre_mm`` and ``semi_axes_mm`` describe the ellipsoid before its
-    surface is deformed; ``surface_terms`` holds rows of (frequency x, y, z,
+    surface is deformed; ``surface_terms`` contains rows of (frequency x, y, z,
     phase, amplitude) of the low-frequency surface noise. ``heterogeneity``
     (0-1) scales the internal texture and the size of a necrotic core.
     """
@@ -135,6 +135,7 @@ def sample_lesion(rng: np.random.Generator, heterogeneity: float | None = None) 
     """Draw a lesion of varied size and irregular shape inside the lateral tongue."""
     side = rng.choice((-1.0, 1.0))
     radius = rng.uniform(5.5, 13.0)
+
     # Tumours spread along the mucosa more than into the depth, so the
     # semi-axis across the tongue (x) is the shortest.
     semi_axes = (
@@ -142,6 +143,7 @@ def sample_lesion(rng: np.random.Generator, heterogeneity: float | None = None) 
         float(radius * rng.uniform(0.8, 1.3)),
         float(radius * rng.uniform(0.8, 1.3)),
     )
+
     # Tongue cancer grows from the lateral mucosa inwards, so the centre lies
     # within one semi-axis of the lateral surface and the clipped lesion touches it.
     inset = rng.uniform(0.2, 0.8) * semi_axes[0]
@@ -150,6 +152,7 @@ def sample_lesion(rng: np.random.Generator, heterogeneity: float | None = None) 
         TONGUE_CENTRE[1] + rng.uniform(-14.0, 8.0),
         TONGUE_CENTRE[2] + rng.uniform(-7.0, 7.0),
     )
+
     terms = []
     for _ in range(4):
         direction = rng.normal(size=3)
@@ -162,6 +165,7 @@ def sample_lesion(rng: np.random.Generator, heterogeneity: float | None = None) 
                 float(rng.uniform(0.04, 0.1)),
             )
         )
+
     if heterogeneity is None:
         heterogeneity = float(rng.uniform(0.0, 1.0))
     return LesionSpec(
