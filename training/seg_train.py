@@ -222,8 +222,6 @@ def train_segmentation(
     """
     import keras  # noqa: PLC0415 (TensorFlow start-up is slow, so import only to train)
 
-    from inference.unet import build_unet  # noqa: PLC0415
-
     if not train_cases or not val_cases:
         raise ValueError(
             f"training needs at least one training and one validation case, got "
@@ -247,20 +245,7 @@ def train_segmentation(
         len(val_cases),
     )
 
-    model = build_unet(
-        config.input_size,
-        len(config.channels),
-        manifest.num_classes,
-        config.alpha,
-        dropout=config.dropout,
-        encoder_weights=config.encoder_weights,
-    )
-    _set_batch_norm_momentum(model, config.batch_norm_momentum)
-    loss_fn = trimap_loss(manifest.tumour_class, config.dice_weight, config.class_weights)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss_fn,
-        run_eagerly=config.run_eagerly,
-    )
+    model, loss_fn = _compiled_model(config, manifest)
 
     result = TrainResult(package=Path(out_dir), best_val_dsc=-1.0)
     best_weights = model.get_weights()
@@ -268,7 +253,6 @@ def train_segmentation(
     steps = -(-len(train) // config.batch_size)
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.perf_counter()
-        losses = []
         bar = tqdm(
             iterate_batches(train, config.batch_size, rng),
             total=steps,
@@ -276,9 +260,7 @@ def train_segmentation(
             disable=not progress,
             leave=False,
         )
-        for inputs, targets in bar:
-            losses.append(float(model.train_on_batch(inputs, targets)))
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        losses = _train_epoch(model, bar)
 
         scores = _validate(model, loss_fn, validation, manifest)
         record = EpochRecord(
@@ -306,6 +288,39 @@ def train_segmentation(
     export = _without_optimizer(model, config, manifest.num_classes)
     write_package(export, Path(out_dir), config.manifest(metrics))
     return result
+
+
+def _compiled_model(config: TrainConfig, manifest: SegmentationManifest):
+    """Build the U-Net and compile it with the trimap loss; return the model and the loss."""
+    import keras  # noqa: PLC0415
+
+    from inference.unet import build_unet  # noqa: PLC0415
+
+    model = build_unet(
+        config.input_size,
+        len(config.channels),
+        manifest.num_classes,
+        config.alpha,
+        dropout=config.dropout,
+        encoder_weights=config.encoder_weights,
+    )
+    _set_batch_norm_momentum(model, config.batch_norm_momentum)
+    loss_fn = trimap_loss(manifest.tumour_class, config.dice_weight, config.class_weights)
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=loss_fn,
+        run_eagerly=config.run_eagerly,
+    )
+    return model, loss_fn
+
+
+def _train_epoch(model, bar) -> list[float]:
+    """Run one training step per batch of the progress bar; return the batch losses."""
+    losses: list[float] = []
+    for inputs, targets in bar:
+        losses.append(float(model.train_on_batch(inputs, targets)))
+        bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+    return losses
 
 
 def _without_optimizer(model, config: TrainConfig, num_classes: int):
