@@ -214,3 +214,30 @@ def test_cohort_label_follows_features(tmp_path):
     base.doi_mm += 10.0
     deeper = metastasis_probability(base)
     assert low < high < deeper
+
+
+@pytest.mark.parametrize(
+    ("diameter", "doi", "expected"),
+    [(15.0, 4.0, "T1"), (25.0, 4.0, "T2"), (15.0, 6.0, "T2"), (45.0, 3.0, "T3"), (15.0, 11.0, "T3"), (10.0, 21.0, "T4")],
+)
+def test_t_stage_from_size_and_depth(diameter, doi, expected):
+    from training.phantom import t_stage
+
+    assert t_stage(diameter, doi) == expected
+
+
+def test_depth_of_invasion_grows_inwards():
+    from training.phantom import depth_of_invasion
+    from training.phantom_anatomy import TONGUE_CENTRE, TONGUE_SEMI_AXES, make_grid
+
+    grid = make_grid(128, 128, 24, 200 / 128, 4.0)
+    z = int(np.abs(grid.z_mm - TONGUE_CENTRE[2]).argmin())
+    y = int(np.abs(grid.y_mm - TONGUE_CENTRE[1]).argmin())
+    edge_x = TONGUE_CENTRE[0] + TONGUE_SEMI_AXES[0] - 1.0
+    shallow = np.zeros((24, 128, 128), dtype=np.uint8)
+    deep = shallow.copy()
+    shallow[z, y, int(np.abs(grid.x_mm - edge_x).argmin())] = 1
+    deep[z, y, int(np.abs(grid.x_mm - (edge_x - 10.0)).argmin())] = 1
+
+    assert depth_of_invasion(shallow, grid) < 3.0
+    assert depth_of_invasion(deep, grid) == pytest.approx(depth_of_invasion(shallow, grid) + 10.0, abs=2.0)
