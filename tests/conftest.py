@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
@@ -95,3 +96,20 @@ def db_engine(db_url: str) -> Iterator[Engine]:
 def session_factory(db_engine: Engine) -> sessionmaker[Session]:
     """A session factory on a migrated database, on each backend."""
     return make_session_factory(db_engine)
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logging() -> Iterator[None]:
+    """Undo logging set-up done by a test, such as the CLI's handlers.
+
+    A handler left on the root logger keeps pytest's captured stream of the
+    test that added it, and later tests then fail writing to a closed file.
+    """
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    level = root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
