@@ -213,6 +213,13 @@ class DashboardUser(_Section):
     password_hash: str
 
 
+class DashboardToken(_Section):
+    """An API token for scripted dashboard actions. ``token_hash`` comes from ``otscc-node hash-password``."""
+
+    name: str
+    token_hash: str
+
+
 class DashboardSettings(_Section):
     """The administrators' web dashboard and metrics endpoint."""
 
@@ -221,6 +228,7 @@ class DashboardSettings(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
     secret_key: str | None = None
     users: list[DashboardUser] = Field(default_factory=list)
+    api_tokens: list[DashboardToken] = Field(default_factory=list)
     show_patient_data: bool = False
 
     @model_validator(mode="after")

@@ -190,3 +190,36 @@ def test_authenticate_reports_malformed_hash() -> None:
     users = [Settings.model_validate({"dashboard": {"users": [{"username": "bob", "password_hash": "plain"}]}}).dashboard.users[0]]
     with pytest.raises(ValueError, match="dashboard user 'bob'.*pbkdf2_sha256"):
         authenticate(users, "bob", "plain")
+
+
+API_TOKEN = "ci-token-0123456789"
+
+
+@pytest.fixture
+def token_dashboard(tmp_path: Path) -> Iterator[RunningDashboard]:
+    users = [{"username": "alice", "password_hash": hash_password(PASSWORD, iterations=1_000)}]
+    tokens = [{"name": "ci", "token_hash": hash_password(API_TOKEN, iterations=1_000)}]
+    yield from start_dashboard(tmp_path, {"users": users, "api_tokens": tokens}, filler=0)
+
+
+def test_api_token_retries_without_session(token_dashboard: RunningDashboard) -> None:
+    ids = token_dashboard.ids
+    with httpx.Client(base_url=token_dashboard.url) as client:
+        response = client.post(
+            f"/jobs/{ids.failed_job}/retry", headers={"Authorization": f"Bearer {API_TOKEN}"}
+        )
+    assert response.status_code == 303
+    assert job_state(token_dashboard, ids.failed_job) is JobState.QUEUED
+    with token_dashboard.session_factory() as session:
+        actors = [event.actor for event in session.get(Job, ids.failed_job).events]
+    assert "token:ci" in actors
+
+
+def test_unknown_api_token_rejected(token_dashboard: RunningDashboard) -> None:
+    ids = token_dashboard.ids
+    with httpx.Client(base_url=token_dashboard.url) as client:
+        response = client.post(
+            f"/jobs/{ids.failed_job}/retry", headers={"Authorization": "Bearer wrong-token"}
+        )
+    assert response.status_code == 403
+    assert job_state(token_dashboard, ids.failed_job) is JobState.FAILED_INPUT

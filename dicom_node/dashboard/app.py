@@ -145,13 +145,22 @@ class DashboardApp:
     def check_post(self, request: Request, form: Any) -> auth.Visitor:
         """Check origin and CSRF token of a POST and return its visitor.
 
+        A request with an ``Authorization: Bearer`` API token is checked
+        against the configured tokens instead of the session.
+
         Raises
         ------
         CsrfError
-            If the origin or token is wrong.
+            If the origin, the CSRF token or the API token is wrong.
         LoginRequired
             If no user is logged in.
         """
+        token = auth.bearer_token(request)
+        if token is not None:
+            visitor = auth.token_visitor(self.dashboard.api_tokens, token)
+            if visitor is None:
+                raise csrf.CsrfError("unknown API token")
+            return visitor
         csrf.check_origin(request)
         csrf.check_token(request, form.get(csrf.CSRF_FORM_FIELD))
         return self.visitor(request)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from config.settings import DashboardSettings, DashboardUser
+from config.settings import DashboardSettings, DashboardToken, DashboardUser
 from dicom_node.passwords import hash_password, verify_password
 
 logger = logging.getLogger(__name__)
@@ -107,3 +107,29 @@ def shows_patient_data(request: Request, settings: DashboardSettings, visitor: V
 def may_toggle_patient_data(settings: DashboardSettings, visitor: Visitor | None) -> bool:
     """Return whether the visitor may switch the patient data display on."""
     return visitor is not None and visitor.authenticated and settings.show_patient_data
+
+
+def bearer_token(request: Request) -> str | None:
+    """Return the token of an ``Authorization: Bearer`` header, or None."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def token_visitor(tokens: list[DashboardToken], token: str) -> Visitor | None:
+    """Return the visitor an API token stands for, ``token:<name>``, or None if it matches no token.
+
+    Browsers never add this header on their own, so a request that carries
+    it cannot be forged across sites and needs no CSRF token.
+    """
+    for entry in tokens:
+        try:
+            matched = verify_password(token, entry.token_hash)
+        except ValueError as exc:
+            raise ValueError(f"dashboard API token {entry.name!r}: {exc}") from exc
+        if matched:
+            return Visitor(f"token:{entry.name}", authenticated=True)
+    logger.warning("dashboard request with an unknown API token rejected")
+    return None
