@@ -18,7 +18,7 @@ Every time comes from the node's database: the last instance's
 durations in ``result_summary``, the delivery attempt's duration and the
 delivery's ``delivered_at``. Orthanc stores an instance before it sends the
 C-STORE response, so ``delivered_at`` is when the results were in the PACS.
-The script then checks that Orthanc holds the SEG and the SR.
+The script then checks that Orthanc has stored the SEG and the SR.
 
 The node's peak resident memory is its ``VmHWM`` in ``/proc``: once after
 the model is loaded, and again after each job.
@@ -70,7 +70,7 @@ TARGET_S = 45.0
 JOB_TIMEOUT_S = 600.0
 MODEL_LOAD_TIMEOUT_S = 180.0
 
-# Written by hand, so they are not regenerated with the figures; reread
+# Written by hand, so they are not regenerated with the figures. Reread
 # them after a change to completion, the pipeline or the outbox.
 READING_NOTES = [
     "Reading the table:",
