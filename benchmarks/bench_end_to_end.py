@@ -79,7 +79,7 @@ READING_NOTES = [
     "  (1 s), and it is most of the total. A shorter `assembly.quiet_period_s`",
     "  lowers the total by the same amount.",
     "- The write stage builds the SEG and SR and validates each one with the",
-    "  validators installed (dciodvfy, dsrdump for the SR, a pydicom read-back).",
+    "  validators installed (dciodvfy, dsrdump for the SR, and a read-back).",
     "- The demo nomogram uses the T category and depth of invasion and imputes",
     "  neither. Without a clinical source that provides them, the SR carries no",
     "  probability.",
