@@ -86,7 +86,9 @@ def _assert_results_once(archive: Path, study_uid: str) -> None:
 def test_pacs_outage_results_arrive_once(recovery_node):
     archive = recovery_node.folder / "archive_outage"
 
-    study_uid = _send_phantom(recovery_node, "outage", seed=6201)
+    with start_storescp(archive, recovery_node.pacs_port, ae_title=RESULTS_AE, extra_args=storescp_args()):
+        study_uid = _send_phantom(recovery_node, "outage", seed=6201)
+        running = wait_for_job_state(recovery_node.database, study_uid, ["running"], JOB_TIMEOUT_S, recovery_node.node)
     job = wait_for_job_state(recovery_node.database, study_uid, ["delivering"], JOB_TIMEOUT_S, recovery_node.node)
     wait_until(
         lambda: len(recovery_node.database.delivery_attempts(job.id)) >= 2,
@@ -100,6 +102,7 @@ def test_pacs_outage_results_arrive_once(recovery_node):
         _assert_results_once(archive, study_uid)
     attempts = recovery_node.database.delivery_attempts(done.id)
 
+    assert job.id == running.id
     assert [outcome for outcome, _ in failed_attempts] == ["transient"] * len(failed_attempts)
     assert attempts[-1][0] == "delivered"
     assert [outcome for outcome, _ in attempts].count("delivered") == 1
