@@ -234,6 +234,15 @@ def _with_type_2_attributes(ds: pydicom.Dataset) -> pydicom.Dataset:
     for keyword in _TYPE_2_PATIENT_STUDY:
         if keyword not in ds:
             setattr(ds, keyword, "")
+
+    # A top-level sequence with no items (some scanners send an empty
+    # ProcedureCodeSequence) is invalid in the Type 3 attributes the writers
+    # copy, and the validators then reject the outputs. These headers are
+    # read for the outputs only, so every empty top-level sequence is
+    # dropped here.
+    for element in list(ds):
+        if element.VR == "SQ" and len(element.value) == 0:
+            del ds[element.tag]
     return ds
 
 
