@@ -122,7 +122,7 @@ class StudyPipeline:
         series_files = {SequenceRole(role): list(item.paths) for role, item in context.series.items()}
         reference = _reference_header(series_files)
         if reference is None and reference_path is not None:
-            reference = _with_type_2_attributes(pydicom.dcmread(reference_path, stop_before_pixels=True))
+            reference = _prepare_source_header(pydicom.dcmread(reference_path, stop_before_pixels=True))
         return self._input_failure(context, reference, error)
 
     def _run(
@@ -230,7 +230,7 @@ _TYPE_2_PATIENT_STUDY = (
 )
 
 
-def _with_type_2_attributes(ds: pydicom.Dataset) -> pydicom.Dataset:
+def _prepare_source_header(ds: pydicom.Dataset) -> pydicom.Dataset:
     for keyword in _TYPE_2_PATIENT_STUDY:
         if keyword not in ds:
             setattr(ds, keyword, "")
@@ -252,7 +252,7 @@ def _reference_header(series_files: Mapping[SequenceRole, Sequence[Path]]) -> py
     for role in (SequenceRole.CE_T1, SequenceRole.T2, SequenceRole.T1):
         for path in series_files.get(role, ()):
             try:
-                return _with_type_2_attributes(pydicom.dcmread(path, stop_before_pixels=True))
+                return _prepare_source_header(pydicom.dcmread(path, stop_before_pixels=True))
             except (OSError, pydicom.errors.InvalidDicomError):
                 continue
     return None
@@ -265,7 +265,7 @@ def _read_sources(
     for role, paths in series_files.items():
         read_pixels = with_pixels and role is SequenceRole.CE_T1
         sources[role] = [
-            _with_type_2_attributes(pydicom.dcmread(path, stop_before_pixels=not read_pixels)) for path in paths
+            _prepare_source_header(pydicom.dcmread(path, stop_before_pixels=not read_pixels)) for path in paths
         ]
     return sources
 
