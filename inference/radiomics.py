@@ -59,6 +59,13 @@ def _quiet_pyradiomics() -> None:
     """
     radiomics.setVerbosity(logging.CRITICAL)
     logging.getLogger("radiomics").setLevel(logging.WARNING)
+    # pyradiomics 3.0.1 warns that GLCM SumVariance is deprecated on every
+    # extraction, even when the parameter file does not enable it.
+    logging.getLogger("radiomics.glcm").addFilter(_drop_deprecation_notice)
+
+
+def _drop_deprecation_notice(record: logging.LogRecord) -> bool:
+    return "is deprecated" not in record.getMessage()
 
 
 _quiet_pyradiomics()
