@@ -282,13 +282,18 @@ def _parse_env_value(raw: str) -> Any:
 
 
 def environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Collect ``OTSCC_<SECTION>__<FIELD>`` variables and ``DATABASE_URL`` into a nested dict."""
+    """Collect ``OTSCC_<SECTION>__<FIELD>`` variables and ``DATABASE_URL`` into a nested dict.
+
+    Only variables whose first part names a settings section or top-level
+    setting count. Others with the prefix, such as ``OTSCC_CONFIG`` or the
+    install script's ``OTSCC_GPU``, belong to the tools around the node.
+    """
     overrides: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "OTSCC_CONFIG":
+        if not name.startswith(ENV_PREFIX):
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
-        if path:
+        if path and path[0] in Settings.model_fields:
             _set_nested(overrides, path, _parse_env_value(raw))
     if environ.get("DATABASE_URL"):
         _set_nested(overrides, ["database", "url"], environ["DATABASE_URL"])
