@@ -13,12 +13,13 @@ import argparse
 import datetime as dt
 import locale
 import os
+import secrets
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +28,9 @@ from config.settings import DestinationSettings, Settings
 from db.models import Job, Study
 from db.session import create_db_engine, make_session_factory
 from db.states import DeliveryState, JobState
+
+if TYPE_CHECKING:
+    from training.phantom import PhantomStudy
 
 DEMO_CALLING_AE = "OTSCC_DEMO"
 POLL_INTERVAL_S = 0.5
@@ -45,6 +49,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "outputs": "Objects made",
         "deliveries": "Deliveries",
         "no_destinations": "None for this job.",
+        "retrying": "The results wait in the outbox and are sent when this destination accepts them.",
         "result": "Result",
         "probability": "Probability of cervical lymph node metastasis: {probability:.1%} ({risk} risk at the model's cutoff)",
         "no_probability": "No probability: missing inputs {why}",
@@ -65,6 +70,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "outputs": "生成的对象",
         "deliveries": "发送记录",
         "no_destinations": "此任务无发送记录。",
+        "retrying": "结果保存在发件箱中，目标节点可用时会自动发送。",
         "result": "结果",
         "probability": "颈部淋巴结转移概率：{probability:.1%}（按模型阈值为{risk}风险）",
         "no_probability": "无概率结果：缺少输入 {why}",
@@ -96,7 +102,9 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     demo.add_argument("--aetitle", "-aet", default=DEMO_CALLING_AE, help=f"calling AE title (default {DEMO_CALLING_AE})")
     demo.add_argument("--vendor", choices=("siemens", "ge", "philips"), default="siemens", help="header style of the phantom")
     demo.add_argument("--chinese", action="store_true", help="write GB18030 headers with a Chinese name and descriptions")
-    demo.add_argument("--seed", type=int, default=2026, help="phantom seed; another seed gives another study (default 2026)")
+    demo.add_argument(
+        "--seed", type=int, help="phantom seed; the same seed gives the same study, which the node then stores only once (default: a new seed each run)"
+    )
     demo.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the job (default 300)")
     demo.add_argument("--lang", choices=tuple(MESSAGES), default=default_language(), help="language of the output")
     demo.set_defaults(func=run_demo)
@@ -106,13 +114,28 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 def run_demo(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout) -> int:
     """Run the demo; return 0 when the job finished, 1 when it failed or timed out."""
     text = _translator(args.lang)
+    # NOTE: the node's packages do not import training/. The demo is a
+    # client that plays the PACS, not part of a study's path through the
+    # node, so it borrows the phantom generator here and nowhere else.
     from training.phantom import make_study
 
-    folder = Path(tempfile.mkdtemp(prefix="otscc-demo-"))
-    print(text("writing", vendor=args.vendor, seed=args.seed, folder=folder), file=out)
-    phantom = make_study(folder, seed=args.seed, vendor=args.vendor, chinese=args.chinese)
-    files = [path for paths in phantom.files.values() for path in paths]
+    seed = args.seed if args.seed is not None else secrets.randbelow(1_000_000)
+    with tempfile.TemporaryDirectory(prefix="otscc-demo-") as folder:
+        print(text("writing", vendor=args.vendor, seed=seed, folder=folder), file=out)
+        phantom = make_study(Path(folder), seed=seed, vendor=args.vendor, chinese=args.chinese)
+        files = [path for paths in phantom.files.values() for path in paths]
+        status = _send_and_report(args, settings, phantom, files, text, out)
+    return status
 
+
+def _send_and_report(
+    args: argparse.Namespace,
+    settings: Settings,
+    phantom: "PhantomStudy",
+    files: list[Path],
+    text: Callable[..., str],
+    out: TextIO,
+) -> int:
     node = DestinationSettings(
         name="node", ae_title=settings.node.ae_title, host=args.host, port=args.port or settings.node.port
     )
@@ -198,6 +221,8 @@ def _print_job(job: Job, text: Callable[..., str], language: str, out: TextIO) -
             f"{delivery.state.value}, {delivery.attempts} attempt(s){error}",
             file=out,
         )
+        if delivery.state is DeliveryState.RETRY_WAIT:
+            print(f"    {text('retrying')}", file=out)
 
     print(f"\n{text('result')}", file=out)
     _print_result(job, text, language, out)

@@ -39,5 +39,6 @@ def configure_logging(level: str = "INFO") -> None:
     logging.getLogger("pynetdicom").setLevel("DEBUG" if name == "DEBUG" else "WARNING")
     quiet = "DEBUG" if name == "DEBUG" else "WARNING"
     logging.getLogger("apscheduler").setLevel(quiet)
-    # Alembic logs each of its plugins at INFO on every start-up.
-    logging.getLogger("alembic.runtime.plugins").setLevel(quiet)
+    # Alembic logs its plugins and migration context at INFO on every
+    # command; the node logs the database revision itself.
+    logging.getLogger("alembic").setLevel(quiet)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install everything the node needs on a Debian-family machine: the DICOM
-# peers and validator from Debian, then a virtual environment with the
-# Python packages. Safe to run again; it skips what is already in place.
+# Install everything the node needs on a Debian-family machine: DCMTK and
+# the DICOM validator from Debian, then a virtual environment with the
+# Python packages. With --with-test-peers it also installs the peers the
+# test suite starts. Safe to run again; it skips what is already in place.
 #
 #   OTSCC_SKIP_APT=1     do not call apt-get (no root, or packages managed elsewhere)
 #   OTSCC_GPU=1          install TensorFlow with CUDA instead of the CPU build
@@ -12,12 +13,19 @@ repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv_dir="${OTSCC_VENV:-$repo_dir/.venv}"
 python_bin="${PYTHON:-python3}"
 
-# Run-time peers: dciodvfy (dicom3tools) validates every SEG and SR before it
-# leaves the node; DCMTK's dsrdump reads SRs back. Test-time peers: DCMTK's
-# storescu/storescp, Orthanc, Chromium (with a CJK font for the Chinese
-# dashboard screenshots) and Node.js for dcmjs.
-apt_packages=(dcmtk dicom3tools orthanc chromium fonts-noto-cjk iproute2 util-linux curl)
-command -v node >/dev/null 2>&1 || apt_packages+=(nodejs npm)
+# Run-time tools: dciodvfy (dicom3tools) validates every SEG and SR before it
+# leaves the node, and DCMTK's dsrdump reads SRs back.
+apt_packages=(dcmtk dicom3tools curl)
+
+# Test-time peers, with --with-test-peers (scripts/test.sh passes it):
+# Orthanc, Chromium with a CJK font for the Chinese dashboard screenshots,
+# iproute2 and util-linux for Orthanc's network namespace, and Node.js for
+# dcmjs. They stay off production nodes: on systemd hosts the orthanc
+# package starts a PACS service that listens on every interface.
+if [[ "${1:-}" == "--with-test-peers" ]]; then
+    apt_packages+=(orthanc chromium fonts-noto-cjk iproute2 util-linux)
+    command -v node >/dev/null 2>&1 || apt_packages+=(nodejs npm)
+fi
 
 install_debian_packages() {
     if [[ "${OTSCC_SKIP_APT:-0}" == "1" ]] || ! command -v apt-get >/dev/null 2>&1; then

@@ -6,7 +6,7 @@ repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv_dir="${OTSCC_VENV:-$repo_dir/.venv}"
 cd "$repo_dir"
 
-"$repo_dir/scripts/install.sh"
+"$repo_dir/scripts/install.sh" --with-test-peers
 
 # PostgreSQL: the database tests also run there. Start the local cluster if
 # it is installed but stopped.
