@@ -56,7 +56,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     A delegated command's module is imported only when ``command`` names it,
     because those modules load pandas, scikit-learn and matplotlib.
     """
-    parser = argparse.ArgumentParser(prog="otscc-train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="otscc-train", description="Train and evaluate site models, build the demo model and write statistics reports.")
     parser.add_argument(
         "--log-level",
         default="info",
