@@ -121,7 +121,7 @@ class NodeSettings(_Section):
 
 
 class StorageSettings(_Section):
-    """Where received instances and produced objects are kept."""
+    """Folders for received instances and produced objects, and the spool's safety limits."""
 
     data_dir: Path = Path("var")
     spool_dir: Path | None = None
@@ -170,7 +170,7 @@ class InferenceSettings(_Section):
 
 
 class ClinicalSettings(_Section):
-    """Where clinical variables beyond age and sex come from, if anywhere."""
+    """Source of clinical variables beyond age and sex: a CSV file, an HTTP endpoint or none."""
 
     csv_file: Path | None = None
     http_url: str | None = None

@@ -4,7 +4,7 @@ This is the one place where ``inference`` and ``sr_writer`` meet. The step
 reads the chosen series from the spool, looks up clinical variables, runs
 :func:`inference.pipeline.run_pipeline` and turns its result into validated
 DICOM objects. A study that cannot be processed as sent gets a short SR that
-says why, for the destinations that want one.
+states the reason, for the destinations that accept failure reports.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from sr_writer.validate import available_validators
 
 logger = logging.getLogger(__name__)
 
-# Which output kind each object the writers return is, by SOP Class UID.
+# Output kind of each object the writers return, by SOP Class UID.
 _KIND_BY_SOP_CLASS = {
     "1.2.840.10008.5.1.4.1.1.66.4": OutputKind.SEG,
     "1.2.840.10008.5.1.4.1.1.88.33": OutputKind.SR,
@@ -200,7 +200,7 @@ class StudyPipeline:
     def _writer_options(self, context: JobContext) -> WriterOptions:
         destinations = self._settings.destinations
         # NOTE: one SEG is written per job. Empty frames are omitted only when
-        # every destination asks for that; a mix of settings keeps them for all.
+        # every destination sets omit_empty_seg_frames; a mix of settings keeps them for all.
         omit_empty = bool(destinations) and all(d.omit_empty_seg_frames for d in destinations)
         return WriterOptions(
             software_versions=_node_version(),

@@ -76,7 +76,7 @@ class ModelIdentity:
 
 @dataclass(frozen=True)
 class AlignmentRecord:
-    """How one series was brought onto the CE-T1 grid."""
+    """Method and transform that brought one series onto the CE-T1 grid."""
 
     role: SequenceRole
     method: str

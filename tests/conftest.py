@@ -49,7 +49,7 @@ def postgres_schema_url(schema: str) -> str:
 
 @pytest.fixture(scope="session")
 def postgres_available() -> bool:
-    """Whether the PostgreSQL test server answers."""
+    """Whether the PostgreSQL test server accepts a query."""
     try:
         engine = create_db_engine(POSTGRES_URL)
         with engine.connect() as connection:
