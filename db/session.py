@@ -16,7 +16,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 def _configure_sqlite(dbapi_connection, _record) -> None:
     # WAL lets the dashboard read while the SCP writes. synchronous=FULL
     # makes each commit durable across power loss, which the C-STORE
-    # handler relies on before it answers success.
+    # handler relies on before it returns success.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")

@@ -6,7 +6,7 @@ import enum
 
 
 class StudyState(enum.Enum):
-    """Where a study stands in assembly."""
+    """Assembly state of a study."""
 
     RECEIVING = "receiving"
     COMPLETE = "complete"

@@ -75,12 +75,12 @@ class OutputObject:
 
 @dataclass
 class StepOutcome:
-    """What one pipeline run produced.
+    """Objects, summary and timings of one pipeline run.
 
     A step that finds the study cannot be processed may return an outcome
-    with ``input_error`` set and a failure report in ``outputs``; the runner
+    with ``input_error`` set and a failure report in ``outputs``. The runner
     then ends the job in ``FAILED_INPUT`` and sends the report only to the
-    destinations that asked for failure reports. A step may also raise
+    destinations that accept failure reports. A step may also raise
     :class:`~inference.errors.InputError`, which means the same without a report.
     """
 

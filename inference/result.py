@@ -123,7 +123,7 @@ class NomogramResult:
     """The nomogram's output for one study.
 
     ``probability`` is ``None`` when a required input was missing and the
-    model file says not to impute it. ``missing_inputs`` always lists every
+    model file sets no imputation for it. ``missing_inputs`` always lists every
     input that was absent, imputed or not. ``invalid_inputs`` lists the
     clinical inputs whose value could not be read (a T stage of "T5"); they
     count as missing and appear in ``missing_inputs`` too.
