@@ -20,8 +20,9 @@ delivery's ``delivered_at``. Orthanc stores an instance before it sends the
 C-STORE response, so ``delivered_at`` is when the results were in the PACS.
 The script then checks that Orthanc has stored the SEG and the SR.
 
-The node's peak resident memory is its ``VmHWM`` in ``/proc``: once after
-the model is loaded, and again after each job.
+The node's peak resident memory is the sum of the ``VmHWM`` in ``/proc`` of
+its process and its children, the pipeline worker among them: once after the
+model is loaded, and again after each job.
 """
 
 from __future__ import annotations
@@ -264,8 +265,10 @@ def memory_section(timings: list[StudyTiming], loaded_mib: float, command: str) 
         [
             MEMORY_HEADING,
             "",
-            "The node's peak resident memory (`VmHWM` of the `otscc-node serve`",
-            f"process), measured in the same run as the end-to-end latency (`{command}`).",
+            "The node's peak resident memory: the `VmHWM` of the `otscc-node serve`",
+            "process and of its child processes (the pipeline worker and Python's",
+            "resource tracker), summed, which bounds the peak of the whole from above.",
+            f"Measured in the same run as the end-to-end latency (`{command}`).",
             "",
             f"- after the segmentation model was loaded, before the first job: {loaded_mib:.0f} MiB",
             f"- after each job, in order: {peaks}",

@@ -8,7 +8,11 @@ One run generates a study (16-bit MR, ``--series`` x ``--slices`` slices of
 ``--size`` x ``--size`` pixels) and sends the same files with the same sender,
 DCMTK ``storescu``, to three receivers, each started fresh with empty storage:
 
-- the node (``otscc-node serve`` as a subprocess, SQLite job database, fsync on);
+- the node (``otscc-node serve`` as a subprocess, SQLite job database, fsync
+  on), sent to once its segmentation model is loaded, as a node in service
+  is; a second row sends as soon as its port opens, while the model loads;
+- a minimal pynetdicom receiver (``minimal_scp.py``: raw bytes, no fsync, no
+  database), the most a receiver built on pynetdicom's association loop reaches;
 - DCMTK ``storescp`` writing bit-preserving files (it has no fsync option);
 - Orthanc (in its own network namespace, default storage settings).
 
@@ -26,6 +30,7 @@ import argparse
 import functools
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -60,6 +65,9 @@ SERIES_SPECS = (
     SeriesSpec(5, "T1 SE axial +C", 500.0, 12.0, contrast_agent="Gadovist"),
 )
 SEND_TIMEOUT_S = 900
+MODEL_LOAD_TIMEOUT_S = 300
+# The line otscc-node serve logs at INFO once its warm-up has loaded the model.
+MODEL_LOADED = re.compile(r"segmentation (DEMO )?model .* loaded in")
 
 # Written by hand from a separate profile, so they are not regenerated with
 # the figures; reread them after a change to the receive path.
@@ -107,14 +115,23 @@ ReceiverFactory = Callable[[Path, bool], AbstractContextManager[tuple[int, list[
 
 
 @contextmanager
-def node_receiver(folder: Path, tcp_nodelay: bool, *, fsync: bool = True) -> Iterator[tuple[int, list[str]]]:
-    """Run ``otscc-node serve`` with its data under ``folder``; ``fsync`` sets ``storage.fsync``."""
+def node_receiver(
+    folder: Path, tcp_nodelay: bool, *, fsync: bool = True, wait_for_model: bool = True
+) -> Iterator[tuple[int, list[str]]]:
+    """Run ``otscc-node serve`` with its data under ``folder``.
+
+    ``fsync`` sets ``storage.fsync``. With ``wait_for_model`` the senders
+    start once the node has logged that its segmentation model is loaded;
+    without it, as soon as the port is open, so the transfer competes with
+    loading TensorFlow and the model for the interpreter.
+    """
     (port,) = free_ports(1)
     config = folder / "config.toml"
+    log_path = folder / "node.log"
     config.write_text(
         "\n".join(
             [
-                'log_level = "WARNING"',
+                'log_level = "INFO"',
                 "[node]",
                 f'ae_title = "{NODE_AE}"',
                 'bind_address = "127.0.0.1"',
@@ -133,7 +150,7 @@ def node_receiver(folder: Path, tcp_nodelay: bool, *, fsync: bool = True) -> Ite
     environment = {key: value for key, value in peer_environment(tcp_nodelay).items() if not key.startswith("OTSCC_")}
     environment.pop("DATABASE_URL", None)
     environment["PYTHONPATH"] = str(REPOSITORY_ROOT)
-    with (folder / "node.log").open("wb") as log:
+    with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(config)],
             cwd=REPOSITORY_ROOT,
@@ -141,10 +158,20 @@ def node_receiver(folder: Path, tcp_nodelay: bool, *, fsync: bool = True) -> Ite
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+    def log_text() -> str:
+        return log_path.read_text(errors="replace")
+
     try:
         wait_until(lambda: process.poll() is not None or port_is_open(port), 120, "otscc-node serve")
+        if wait_for_model:
+            wait_until(
+                lambda: process.poll() is not None or MODEL_LOADED.search(log_text()) is not None,
+                MODEL_LOAD_TIMEOUT_S,
+                "the node's model load",
+            )
         if process.poll() is not None:
-            raise RuntimeError(f"otscc-node serve exited: {(folder / 'node.log').read_text(errors='replace')[-2000:]}")
+            raise RuntimeError(f"otscc-node serve exited: {log_text()[-2000:]}")
         yield port, []
     finally:
         stop_process(process, timeout_s=60)
@@ -159,6 +186,22 @@ def storescp_receiver(folder: Path, tcp_nodelay: bool) -> Iterator[tuple[int, li
 
 
 @contextmanager
+def minimal_receiver(folder: Path, tcp_nodelay: bool) -> Iterator[tuple[int, list[str]]]:
+    """Run ``minimal_scp.py`` writing into ``folder``; pynetdicom ignores ``TCP_NODELAY``."""
+    (port,) = free_ports(1)
+    command = [sys.executable, str(Path(__file__).with_name("minimal_scp.py")), str(port), str(folder / "minimal")]
+    with (folder / "minimal.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: process.poll() is not None or port_is_open(port), 60, "minimal_scp.py")
+        if process.poll() is not None:
+            raise RuntimeError(f"minimal_scp.py exited: {(folder / 'minimal.log').read_text(errors='replace')[-2000:]}")
+        yield port, []
+    finally:
+        stop_process(process, timeout_s=30)
+
+
+@contextmanager
 def orthanc_receiver(folder: Path, tcp_nodelay: bool) -> Iterator[tuple[int, list[str]]]:
     """Run Orthanc in its own network namespace with storage under ``folder``."""
     with start_orthanc(folder, ae_title=NODE_AE, env=peer_environment(tcp_nodelay)) as orthanc:
@@ -170,6 +213,8 @@ RECEIVERS: dict[str, ReceiverFactory] = {
     # For reference only: the cost of durability. The SQLite commit still
     # syncs its write-ahead log, because the database settings fix that.
     "otscc-node, fsync off": functools.partial(node_receiver, fsync=False),
+    "otscc-node, while the model loads": functools.partial(node_receiver, wait_for_model=False),
+    "minimal pynetdicom SCP": minimal_receiver,
     "DCMTK storescp": storescp_receiver,
     "Orthanc": orthanc_receiver,
 }

@@ -126,11 +126,13 @@ def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Sett
 
 def _run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from dicom_node.app import Node
-    from dicom_node.study_pipeline import StudyPipeline
+    from dicom_node.isolated_step import IsolatedPipelineStep
 
-    step = StudyPipeline(settings)
-    # Loading TensorFlow and the model takes seconds; the SCP accepts
-    # studies meanwhile, and the first job waits for the shared model.
+    # The pipeline runs in worker processes, so inference neither slows the
+    # SCP nor takes it down if it crashes. Loading TensorFlow and the model
+    # takes seconds; the SCP accepts studies meanwhile, and the first job
+    # waits for the model.
+    step = IsolatedPipelineStep(settings, workers=settings.inference.workers)
     threading.Thread(target=_warm_up, args=(step,), name="otscc-warm-up", daemon=True).start()
     try:
         Node(settings, pipeline_step=step).serve_forever()
@@ -146,6 +148,8 @@ def _run_serve(args: argparse.Namespace, settings: Settings) -> int:
         # An allowed_peers host that does not resolve, or TLS files that do not load.
         print(f"otscc-node serve: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    finally:
+        step.close()
     return 0
 
 

@@ -8,6 +8,8 @@ and may tell the radiologist why. Any other exception is a fault of the node.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class InputError(Exception):
     """A study or model that the pipeline cannot process as it is.
@@ -36,6 +38,18 @@ class InputError(Exception):
         self.code = code
         self.series_instance_uid = series_instance_uid
         self.hint = hint
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions pickle as ``cls(*args)``, which would drop the keyword
+        # arguments; the pipeline's child process sends these to the runner.
+        return _rebuild_input_error, (type(self), str(self), self.__dict__.copy())
+
+
+def _rebuild_input_error(cls: type[InputError], message: str, state: dict[str, Any]) -> InputError:
+    error = Exception.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class ModelPackageError(InputError):

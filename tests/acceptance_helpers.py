@@ -259,15 +259,40 @@ class NodeProcess:
         self.process.wait(timeout=10)
 
     def peak_rss_kib(self) -> int:
-        """Return the node's peak resident set size (VmHWM), in KiB, from /proc."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        raise RuntimeError(f"VmHWM not found in /proc/{self.pid}/status")
+        """Return the peak resident set size (VmHWM), in KiB, of the node and its child processes, summed.
+
+        The pipeline runs in a worker process, so the node's memory is the
+        sum over the process tree. Each process reaches its peak at its own
+        time, so the sum is an upper bound of the peak of the whole.
+        """
+        total = _peak_rss_kib(self.pid)
+        for child in _descendants(self.pid):
+            try:
+                total += _peak_rss_kib(child)
+            except FileNotFoundError:
+                continue  # it ended after it was listed
+        return total
 
     def log_tail(self, characters: int = 4000) -> str:
         """Return the end of the node's log, for assertion messages."""
         return self.log_path.read_text(errors="replace")[-characters:]
+
+
+def _descendants(pid: int) -> list[int]:
+    children: list[int] = []
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children += [int(child) for child in listing.read_text().split()]
+        except FileNotFoundError:
+            continue  # the thread or process ended meanwhile
+    return children + [grandchild for child in children for grandchild in _descendants(child)]
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"VmHWM not found in /proc/{pid}/status")
 
 
 # ---------------------------------------------------------------- the node's database

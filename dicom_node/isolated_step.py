@@ -1,0 +1,171 @@
+"""Run the study pipeline in a child process, apart from the DICOM receiver.
+
+Inference, radiomics and the writers spend most of their time in Python
+code that holds the interpreter lock. In the node's own process they would
+slow every C-STORE that arrives meanwhile, and a crash of a native library
+(TensorFlow, SimpleITK, ITK) or the kernel's out-of-memory killer would stop
+the receiver as well. :class:`IsolatedPipelineStep` keeps the pipeline in
+worker processes of its own: the runner calls it as it would call the step
+itself, and only a :class:`~dicom_node.pipeline_step.JobContext` goes in
+and a :class:`~dicom_node.pipeline_step.StepOutcome` comes back.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from config.settings import Settings
+from dicom_node.logging_setup import configure_logging
+from dicom_node.pipeline_step import JobContext, StepOutcome
+from inference.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STEP = "dicom_node.study_pipeline:StudyPipeline"
+PARENT_CHECK_INTERVAL_S = 1.0
+
+# The step built in each worker process by _start_worker.
+_worker_step: Any = None
+
+
+class PipelineProcessError(RuntimeError):
+    """The pipeline's worker process ended while it ran a job."""
+
+
+def load_step_class(path: str) -> type:
+    """Return the class named by ``path``, written ``"package.module:ClassName"``.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is not of that form or names nothing importable.
+    """
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"step path {path!r} is not 'package.module:ClassName'; write it in that form")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"step path {path!r} names nothing importable ({exc}); check the module and class name") from exc
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    # A node killed with SIGKILL cannot stop its workers. A worker whose
+    # parent process id changes was orphaned, so it exits and frees the model.
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_INTERVAL_S)
+    os._exit(1)
+
+
+def _start_worker(step_path: str, settings: Settings, log_level: str, parent_pid: int) -> None:
+    global _worker_step
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="otscc-parent-check", daemon=True).start()
+    configure_logging(log_level)
+    _worker_step = load_step_class(step_path)(settings)
+
+
+def _worker_call(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return getattr(_worker_step, method)(*args, **kwargs)
+
+
+class IsolatedPipelineStep:
+    """A :class:`~dicom_node.pipeline_step.PipelineStep` that runs another one in worker processes.
+
+    Parameters
+    ----------
+    settings : Settings
+        Passed to the step's constructor in each worker.
+    workers : int
+        Worker processes, one per job that may run at once; set it to the
+        runner's worker count.
+    step_path : str
+        The step class, ``"package.module:ClassName"``; it is imported in
+        the workers only, so this process never loads TensorFlow.
+    log_level : str
+        Log level of the workers, which log to standard error as the node does.
+    """
+
+    def __init__(
+        self, settings: Settings, *, workers: int = 1, step_path: str = DEFAULT_STEP, log_level: str | None = None
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}; set inference.workers >= 1")
+        self._settings = settings
+        self._workers = workers
+        self._step_path = step_path
+        self._log_level = log_level or settings.log_level
+        self._lock = threading.Lock()
+        self._executor: ProcessPoolExecutor | None = None
+
+    def warm_up(self) -> None:
+        """Start the workers and have each load its model, so the first job does not wait for it."""
+        futures = [self._submit("warm_up", (), {}) for _ in range(self._workers)]
+        for executor, future in futures:
+            self._result(executor, future, "warm-up")
+
+    def run(self, context: JobContext) -> StepOutcome:
+        """Run the step on ``context`` in a worker; raise what the step raised.
+
+        Raises
+        ------
+        InputError
+            As the step raises it.
+        PipelineProcessError
+            If the worker ended during the job, for example killed for memory.
+        """
+        return self._call("run", (context,), {}, f"job {context.job_id}")
+
+    def report_failure(self, context: JobContext, error: InputError, *, reference_path: Path | None = None) -> StepOutcome:
+        """Have a worker build the failure report of a job the study assembly failed."""
+        return self._call("report_failure", (context, error), {"reference_path": reference_path}, f"job {context.job_id}")
+
+    def close(self) -> None:
+        """Stop the workers once they finish what they run; queued calls are dropped."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], activity: str) -> Any:
+        executor, future = self._submit(method, args, kwargs)
+        return self._result(executor, future, activity)
+
+    def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[ProcessPoolExecutor, Future[Any]]:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(
+                    max_workers=self._workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_worker,
+                    initargs=(self._step_path, self._settings, self._log_level, os.getpid()),
+                )
+            executor = self._executor
+        return executor, executor.submit(_worker_call, method, args, kwargs)
+
+    def _result(self, executor: ProcessPoolExecutor, future: Future[Any], activity: str) -> Any:
+        try:
+            return future.result()
+        except BrokenProcessPool as exc:
+            logger.error("pipeline worker process ended during %s; a new one starts with the next call", activity)
+            self._discard(executor)
+            raise PipelineProcessError(
+                f"the pipeline worker process ended during {activity}, for example killed for lack of memory "
+                "or by a crash in a native library; see the system log, then retry the job"
+            ) from exc
+
+    def _discard(self, executor: ProcessPoolExecutor) -> None:
+        # A broken pool accepts no more work, so the next call starts a new one.
+        with self._lock:
+            if self._executor is executor:
+                self._executor = None
+        executor.shutdown(wait=False, cancel_futures=True)
+

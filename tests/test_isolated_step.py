@@ -1,0 +1,176 @@
+"""The pipeline runs in a worker process: results, input errors, crashes and orphaned workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import Settings
+from db.models import Job
+from db.session import session_scope
+from db.states import JobState
+from dicom_node.isolated_step import IsolatedPipelineStep, PipelineProcessError, load_step_class
+from dicom_node.pipeline_step import JobContext, StepOutcome
+from dicom_node.runner import JobRunner
+from tests.peers import wait_until
+from tests.runner_helpers import ReportStep, make_settings, queue_study
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+WORKER_START_TIMEOUT_S = 120
+
+
+class WorkerReportStep(ReportStep):
+    """:class:`ReportStep` built from settings in a worker; it notes the worker's process id."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.pid_file = settings.storage.data_dir / "worker.pid"
+
+    def warm_up(self) -> None:
+        """Write this worker's process id next to the spool."""
+        self.pid_file.write_text(str(os.getpid()), encoding="utf-8")
+
+    def run(self, context: JobContext) -> StepOutcome:
+        """Run :meth:`ReportStep.run` and add this worker's process id to the summary."""
+        outcome = super().run(context)
+        outcome.result_summary["worker_pid"] = os.getpid()
+        return outcome
+
+
+class ExitingStep:
+    """A step whose process ends abruptly, as one killed for memory does."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def run(self, context: JobContext) -> StepOutcome:
+        """End the process with exit code 9 and no clean-up."""
+        os._exit(9)
+
+
+REPORT_STEP = f"{__name__}:WorkerReportStep"
+EXITING_STEP = f"{__name__}:ExitingStep"
+
+
+def _job(session_factory: sessionmaker[Session], job_id: int) -> Job:
+    with session_scope(session_factory) as session:
+        return session.get(Job, job_id)
+
+
+def test_job_runs_in_a_worker_process(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
+    settings = make_settings(tmp_path)
+    job_id = queue_study(session_factory, settings)
+    step = IsolatedPipelineStep(settings, workers=1, step_path=REPORT_STEP)
+    try:
+        state = JobRunner(settings, session_factory, step).run_one(job_id)
+    finally:
+        step.close()
+
+    assert state is JobState.DONE
+    summary = _job(session_factory, job_id).result_summary
+    assert summary["instance_numbers"] == {role: [1, 2, 3] for role in ("ce_t1", "t2", "t1")}
+    assert summary["worker_pid"] != os.getpid()
+
+
+def test_input_error_crosses_the_process_boundary(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
+    settings = make_settings(tmp_path)
+    job_id = queue_study(session_factory, settings, roles=("t2", "t1"))
+    step = IsolatedPipelineStep(settings, workers=1, step_path=REPORT_STEP)
+    try:
+        state = JobRunner(settings, session_factory, step).run_one(job_id)
+    finally:
+        step.close()
+
+    assert state is JobState.FAILED_INPUT
+    job = _job(session_factory, job_id)
+    assert job.reason_code == "missing_role"
+    assert job.hint == "send the contrast-enhanced T1 series"
+
+
+def test_crashed_worker_fails_the_job_and_is_replaced(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
+    settings = make_settings(tmp_path)
+    crashing = IsolatedPipelineStep(settings, workers=1, step_path=EXITING_STEP)
+    first = queue_study(session_factory, settings)
+    second = queue_study(session_factory, settings)
+    try:
+        runner = JobRunner(settings, session_factory, crashing)
+        assert runner.run_one(first) is JobState.FAILED
+        # A second job gets a new worker, which fails the same way, rather
+        # than hanging on the broken pool.
+        assert runner.run_one(second) is JobState.FAILED
+    finally:
+        crashing.close()
+
+    job = _job(session_factory, first)
+    assert job.reason_code == "internal_error"
+    assert "PipelineProcessError" in job.error_message
+    assert f"job {first}" in job.error_message
+
+
+def test_worker_recovers_after_a_crash(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    step = IsolatedPipelineStep(settings, workers=1, step_path=REPORT_STEP)
+    try:
+        step.warm_up()
+        first_pid = int((tmp_path / "worker.pid").read_text(encoding="utf-8"))
+        os.kill(first_pid, signal.SIGKILL)
+        with pytest.raises(PipelineProcessError, match="ended during warm-up"):
+            step.warm_up()
+        step.warm_up()
+        second_pid = int((tmp_path / "worker.pid").read_text(encoding="utf-8"))
+    finally:
+        step.close()
+    assert second_pid != first_pid
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers signal 0; its state letter in /proc tells.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
+def test_worker_ends_when_the_node_is_killed(tmp_path: Path) -> None:
+    script = (
+        "import sys, time\n"
+        "from tests.runner_helpers import make_settings\n"
+        "from dicom_node.isolated_step import IsolatedPipelineStep\n"
+        "if __name__ == '__main__':\n"
+        "    step = IsolatedPipelineStep(make_settings(__import__('pathlib').Path(sys.argv[1])), "
+        f"workers=1, step_path={REPORT_STEP!r})\n"
+        "    step.warm_up()\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    (tmp_path / "parent.py").write_text(script, encoding="utf-8")
+    environment = dict(os.environ, PYTHONPATH=str(REPOSITORY_ROOT))
+    parent = subprocess.Popen(
+        [sys.executable, str(tmp_path / "parent.py"), str(tmp_path)], stdout=subprocess.PIPE, text=True, env=environment
+    )
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        worker_pid = int((tmp_path / "worker.pid").read_text(encoding="utf-8"))
+        assert _process_exists(worker_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        wait_until(lambda: not _process_exists(worker_pid), 30, "the orphaned worker to exit")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def test_step_path_must_name_a_class() -> None:
+    assert load_step_class(REPORT_STEP) is WorkerReportStep
+    with pytest.raises(ValueError, match="package.module:ClassName"):
+        load_step_class("tests.test_isolated_step.WorkerReportStep")
+    with pytest.raises(ValueError, match="nothing importable"):
+        load_step_class("tests.no_such_module:Step")
