@@ -63,14 +63,19 @@ def _job(session_factory: sessionmaker[Session], job_id: int) -> Job:
         return session.get(Job, job_id)
 
 
-def test_job_runs_in_a_worker_process(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
+def _run_in_worker(tmp_path: Path, session_factory: sessionmaker[Session], **study_options: object) -> tuple[int, JobState]:
+    """Queue a study, run its job through a worker process and return the job id and end state."""
     settings = make_settings(tmp_path)
-    job_id = queue_study(session_factory, settings)
+    job_id = queue_study(session_factory, settings, **study_options)
     step = IsolatedPipelineStep(settings, workers=1, step_path=REPORT_STEP)
     try:
-        state = JobRunner(settings, session_factory, step).run_one(job_id)
+        return job_id, JobRunner(settings, session_factory, step).run_one(job_id)
     finally:
         step.close()
+
+
+def test_job_runs_in_a_worker_process(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
+    job_id, state = _run_in_worker(tmp_path, session_factory)
 
     assert state is JobState.DONE
     summary = _job(session_factory, job_id).result_summary
@@ -79,13 +84,7 @@ def test_job_runs_in_a_worker_process(tmp_path: Path, session_factory: sessionma
 
 
 def test_input_error_crosses_the_process_boundary(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
-    settings = make_settings(tmp_path)
-    job_id = queue_study(session_factory, settings, roles=("t2", "t1"))
-    step = IsolatedPipelineStep(settings, workers=1, step_path=REPORT_STEP)
-    try:
-        state = JobRunner(settings, session_factory, step).run_one(job_id)
-    finally:
-        step.close()
+    job_id, state = _run_in_worker(tmp_path, session_factory, roles=("t2", "t1"))
 
     assert state is JobState.FAILED_INPUT
     job = _job(session_factory, job_id)
