@@ -88,8 +88,9 @@ READING_NOTES = [
     "",
     "The minimal pynetdicom receiver does no validation, no fsync and no database work, yet it stays "
     "below both targets whenever the peers run on an idle machine. A node that keeps pynetdicom for "
-    "its association handling cannot exceed that row, so the targets would need a receive path "
-    "outside pynetdicom's association loop, in compiled code.",
+    "its association handling cannot exceed that row. The targets would need a receive path outside "
+    "pynetdicom's association loop, and a store that syncs one preallocated journal per instance "
+    "(0.3 ms in the same micro-benchmark) instead of creating a file and syncing its folder.",
     "",
 ]
 
