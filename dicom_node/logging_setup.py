@@ -15,6 +15,18 @@ import sys
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
+# pynetdicom 3.0 logs two ERROR lines whenever an outgoing connection is
+# refused. The outbox logs each failed attempt itself, with the destination
+# and the next retry, so above DEBUG these two lines are dropped.
+_CONNECT_FAILURE_PREFIXES = ("Association request failed: unable to connect", "TCP Initialisation Error")
+
+
+class _ConnectFailureFilter(logging.Filter):
+    """A filter that drops pynetdicom's own lines about a refused outgoing connection."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_CONNECT_FAILURE_PREFIXES)
+
 
 def configure_logging(level: str = "INFO") -> None:
     """Send all log records at ``level`` or above to standard error in :data:`LOG_FORMAT`.
@@ -37,6 +49,11 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(name)
 
     logging.getLogger("pynetdicom").setLevel("DEBUG" if name == "DEBUG" else "WARNING")
+    transport = logging.getLogger("pynetdicom.transport")
+    for existing in [item for item in transport.filters if isinstance(item, _ConnectFailureFilter)]:
+        transport.removeFilter(existing)
+    if name != "DEBUG":
+        transport.addFilter(_ConnectFailureFilter())
     quiet = "DEBUG" if name == "DEBUG" else "WARNING"
     logging.getLogger("apscheduler").setLevel(quiet)
     # Alembic logs its plugins and migration context at INFO on every

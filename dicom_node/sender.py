@@ -303,7 +303,7 @@ def send_datasets(
         ae.shutdown()
     report.duration_s = time.monotonic() - started
     logger.info(
-        "sent %d file(s) to %s (%s@%s:%s): %s, %s",
+        "delivery attempt of %d file(s) to %s (%s@%s:%s): %s, %s",
         len(files),
         destination.name,
         destination.ae_title,

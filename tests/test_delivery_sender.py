@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from pydicom import dcmread
 from pydicom.uid import ImplicitVRLittleEndian, MRImageStorage, RLELossless
 
 from config.settings import DestinationSettings
+from dicom_node.logging_setup import configure_logging
 from dicom_node.sender import SendOutcome, SendTimeouts, classify_status, send_datasets
 from tests.conftest import free_port
 from tests.delivery_peers import basic_text_sr, environment_for_subprocess, pynetdicom_scp, storescp, write_part10
@@ -200,3 +203,57 @@ def test_storescp_receives_seg_sr_and_sc(tmp_path: Path) -> None:
     for path in received:
         arrived = dcmread(path)
         assert arrived == sent[str(arrived.SOPInstanceUID)]
+
+
+
+
+class _Records(logging.Handler):
+    """A handler that keeps every record it receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def node_logging() -> Iterator[_Records]:
+    """Return a record list on the root logger; afterwards, restore pynetdicom's loggers.
+
+    :func:`configure_logging` replaces the root handlers, pytest's capture
+    among them, so the test adds this handler after calling it.
+    """
+    package = logging.getLogger("pynetdicom")
+    transport = logging.getLogger("pynetdicom.transport")
+    level, filters = package.level, list(transport.filters)
+    collected = _Records()
+    yield collected
+    logging.getLogger().removeHandler(collected)
+    package.setLevel(level)
+    transport.filters[:] = filters
+
+
+def _send_to_closed_port(folder: Path, level: str, collected: _Records) -> list[logging.LogRecord]:
+    configure_logging(level)
+    logging.getLogger().addHandler(collected)
+    send_datasets(_destination("NOBODY", free_port()), _reports(folder, 1), calling_ae="OTSCC_NODE", timeouts=TIMEOUTS)
+    return collected.records
+
+
+def test_refused_connection_logs_once(tmp_path: Path, node_logging: _Records) -> None:
+    records = _send_to_closed_port(tmp_path, "INFO", node_logging)
+
+    assert [record for record in records if record.name == "pynetdicom.transport"] == []
+    attempts = [record.getMessage() for record in records if record.name == "dicom_node.sender"]
+    assert len(attempts) == 1
+    assert attempts[0].startswith("delivery attempt of 1 file(s) to peer (NOBODY@127.0.0.1:")
+    assert "transient, cannot connect" in attempts[0]
+
+
+def test_debug_keeps_pynetdicom_connect_errors(tmp_path: Path, node_logging: _Records) -> None:
+    records = _send_to_closed_port(tmp_path, "DEBUG", node_logging)
+
+    messages = [record.getMessage() for record in records if record.name == "pynetdicom.transport"]
+    assert any(message.startswith("TCP Initialisation Error") for message in messages)
