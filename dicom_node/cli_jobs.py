@@ -78,7 +78,12 @@ def _page_size(value: str) -> int:
 
 def add_jobs_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``otscc-node jobs``: list jobs, newest first, as on the dashboard."""
-    parser = subparsers.add_parser("jobs", help="list jobs, newest first, with their delivery state per destination")
+    parser = subparsers.add_parser(
+        "jobs",
+        help="list jobs, newest first, with their delivery state per destination",
+        description="List jobs, newest first, with their delivery state per destination. DURATION runs from "
+        "the job's start to its end, deliveries and their retries included, or to now while it runs or delivers.",
+    )
     _add_settings_options(parser)
     parser.add_argument(
         "--state", action="append", choices=[state.value for state in JobState], help="only jobs in this state (repeatable)"
