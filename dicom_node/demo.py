@@ -28,6 +28,7 @@ from config.settings import DestinationSettings, Settings
 from db.models import Job, Study
 from db.session import create_db_engine, make_session_factory
 from db.states import DeliveryState, JobState
+from dicom_node.event_text import event_reason
 
 if TYPE_CHECKING:
     from training.phantom import PhantomStudy
@@ -205,7 +206,7 @@ def _print_job(job: Job, text: Callable[..., str], language: str, out: TextIO) -
     for event in job.events:
         offset = (_aware(event.at) - _aware(start)).total_seconds()
         change = f"{event.from_state or '-'} -> {event.to_state}" if event.to_state else "event"
-        print(f"  +{offset:7.2f} s  {change:<28} {event.reason}", file=out)
+        print(f"  +{offset:7.2f} s  {change:<28} {event_reason(event.reason, language)}", file=out)
 
     print(f"\n{text('outputs')}", file=out)
     for output in job.outputs:

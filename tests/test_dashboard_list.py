@@ -92,3 +92,15 @@ def test_study_page_on_backend(seeded: tuple[TestClient, Settings, SeededIds]) -
     assert thumbnail.content.startswith(b"\x89PNG")
     assert missing.status_code == 404
     assert by_uid.status_code == 303
+
+
+def test_study_page_events_in_chinese(seeded: tuple[TestClient, Settings, SeededIds]) -> None:
+    client, _settings, ids = seeded
+    chinese = client.get(f"/studies/{ids.done_study}?lang=zh-CN")
+    english = client.get(f"/studies/{ids.done_study}?lang=en")
+
+    assert chinese.status_code == 200
+    assert "工作进程已开始处理" in chinese.text
+    assert "已生成 2 个对象，正在发送到 pacs" in chinese.text
+    assert "picked up by worker" not in chinese.text
+    assert "picked up by worker" in english.text

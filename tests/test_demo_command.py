@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import io
 from pathlib import Path
 
 import pytest
 
 from config.settings import load_settings
+from db.models import Job, JobEvent
+from db.states import JobState
 from dicom_node.app import Node
-from dicom_node.demo import run_demo
+from dicom_node.demo import _print_job, _translator, run_demo
 from dicom_node.study_pipeline import StudyPipeline
 from inference.model_package import write_package
 from tests.conftest import free_port
@@ -77,3 +80,19 @@ def test_demo_reports_unreachable_node(demo_settings) -> None:
 
     assert status == 1
     assert "发送失败" in out.getvalue()
+
+
+def test_demo_timeline_in_chinese() -> None:
+    start = dt.datetime(2026, 12, 4, 8, 0, tzinfo=dt.timezone.utc)
+    job = Job(state=JobState.DONE, result_summary={}, created_at=start)
+    job.events = [
+        JobEvent(at=start, from_state=None, to_state="waiting", reason="first instance received"),
+        JobEvent(at=start + dt.timedelta(seconds=12), from_state="queued", to_state="running", reason="picked up by worker"),
+    ]
+    out = io.StringIO()
+
+    _print_job(job, _translator("zh-CN"), "zh-CN", out)
+
+    assert "收到第一个实例" in out.getvalue()
+    assert "工作进程已开始处理" in out.getvalue()
+    assert "picked up by worker" not in out.getvalue()

@@ -30,6 +30,7 @@ from dicom_node.dashboard.listing import SUPPORTS_UNTIL, ListQuery, parse_list_q
 from dicom_node.dashboard.patient import display_id, display_name
 from dicom_node.dashboard.study_view import format_duration, format_time, job_duration_s, load_study, timeline
 from dicom_node.dashboard.thumbnails import ThumbnailCache, ThumbnailUnavailable, find_source
+from dicom_node.event_text import event_reason
 from dicom_node.job_list import list_jobs
 from dicom_node.metrics import build_registry
 from inference.result import SequenceRole
@@ -105,6 +106,7 @@ class DashboardApp:
         self.templates = Jinja2Templates(directory=str(PACKAGE_DIR / "templates"))
         self.templates.env.globals.update(
             role_label=lambda role: ROLE_LABELS.get(role, role or ""),
+            event_reason=event_reason,
             format_duration=format_duration,
             format_time=format_time,
         )
