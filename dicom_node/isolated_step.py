@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,10 @@ _worker_step: Any = None
 
 class PipelineProcessError(RuntimeError):
     """The pipeline's worker process ended while it ran a job."""
+
+
+class PipelineStopped(PipelineProcessError):
+    """The node stopped the pipeline's workers while a call was running or waiting."""
 
 
 def load_step_class(path: str) -> type:
@@ -105,6 +109,7 @@ class IsolatedPipelineStep:
         self._log_level = log_level or settings.log_level
         self._lock = threading.Lock()
         self._executor: ProcessPoolExecutor | None = None
+        self._closed = False
 
     def warm_up(self) -> None:
         """Start the workers and have each load its model, so the first job does not wait for it."""
@@ -129,11 +134,25 @@ class IsolatedPipelineStep:
         return self._call("report_failure", (context, error), {"reference_path": reference_path}, f"job {context.job_id}")
 
     def close(self) -> None:
-        """Stop the workers once they finish what they run; queued calls are dropped."""
+        """Stop the workers now, ending any call in progress with :class:`PipelineStopped`.
+
+        The node calls this when it stops, after the runner has waited for
+        the running job as long as it will. A job cut short stays running in
+        the database and is queued again at the next start. Without this,
+        the interpreter would wait at exit for the worker to finish its job.
+        """
         with self._lock:
             executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+            self._closed = True
+        if executor is None:
+            return
+        # ProcessPoolExecutor has no public way to end busy workers before
+        # Python 3.14 (terminate_workers), so its process table is read here.
+        workers = list((getattr(executor, "_processes", None) or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        for process in workers:
+            if process.is_alive():
+                process.terminate()
 
     def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], activity: str) -> Any:
         executor, future = self._submit(method, args, kwargs)
@@ -141,6 +160,8 @@ class IsolatedPipelineStep:
 
     def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[ProcessPoolExecutor, Future[Any]]:
         with self._lock:
+            if self._closed:
+                raise PipelineStopped(f"the pipeline is stopped, so {method} cannot run; restart the node")
             if self._executor is None:
                 self._executor = ProcessPoolExecutor(
                     max_workers=self._workers,
@@ -154,7 +175,9 @@ class IsolatedPipelineStep:
     def _result(self, executor: ProcessPoolExecutor, future: Future[Any], activity: str) -> Any:
         try:
             return future.result()
-        except BrokenProcessPool as exc:
+        except (BrokenProcessPool, CancelledError) as exc:
+            if self._closed:
+                raise PipelineStopped(f"the node stopped the pipeline during {activity}") from exc
             logger.error("pipeline worker process ended during %s; a new one starts with the next call", activity)
             self._discard(executor)
             raise PipelineProcessError(

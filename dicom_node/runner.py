@@ -193,6 +193,11 @@ class JobRunner:
         except InputError as exc:
             outcome = StepOutcome(input_error=exc)
         except Exception as exc:  # noqa: BLE001 - any other error is the node's fault and ends the job FAILED
+            if self._stop.is_set():
+                # The node is stopping and may have ended the pipeline's
+                # worker, so the job stays running and the next start queues it again.
+                logger.warning("job %s: interrupted as the node stopped (%s); it is queued again at the next start", job_id, exc)
+                return
             self._fail(job_id, exc)
             return
 

@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,11 +17,11 @@ from config.settings import Settings
 from db.models import Job
 from db.session import session_scope
 from db.states import JobState
-from dicom_node.isolated_step import IsolatedPipelineStep, PipelineProcessError, load_step_class
+from dicom_node.isolated_step import IsolatedPipelineStep, PipelineProcessError, PipelineStopped, load_step_class
 from dicom_node.pipeline_step import JobContext, StepOutcome
 from dicom_node.runner import JobRunner
 from tests.peers import wait_until
-from tests.runner_helpers import ReportStep, make_settings, queue_study
+from tests.runner_helpers import ReportStep, job_state, make_settings, queue_study
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 WORKER_START_TIMEOUT_S = 120
@@ -43,6 +45,16 @@ class WorkerReportStep(ReportStep):
         return outcome
 
 
+class SleepingStep(WorkerReportStep):
+    """A step whose job outlasts any test: it sleeps for ten minutes."""
+
+    def run(self, context: JobContext) -> StepOutcome:
+        """Note the worker's process id, then sleep."""
+        self.warm_up()
+        time.sleep(600)
+        raise AssertionError("the sleeping step was not stopped")
+
+
 class ExitingStep:
     """A step whose process ends abruptly, as one killed for memory does."""
 
@@ -56,6 +68,7 @@ class ExitingStep:
 
 REPORT_STEP = f"{__name__}:WorkerReportStep"
 EXITING_STEP = f"{__name__}:ExitingStep"
+SLEEPING_STEP = f"{__name__}:SleepingStep"
 
 
 def _job(session_factory: sessionmaker[Session], job_id: int) -> Job:
@@ -173,3 +186,51 @@ def test_step_path_must_name_a_class() -> None:
         load_step_class("tests.test_isolated_step.WorkerReportStep")
     with pytest.raises(ValueError, match="nothing importable"):
         load_step_class("tests.no_such_module:Step")
+
+
+def test_close_ends_a_running_call(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    step = IsolatedPipelineStep(settings, workers=1, step_path=SLEEPING_STEP)
+    context = JobContext(job_id=1, run_number=1, study_instance_uid="1.2.3", series={}, settings=settings)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            step.run(context)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            errors.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_until(lambda: (tmp_path / "worker.pid").exists(), 120, "the worker to start the job")
+    worker_pid = int((tmp_path / "worker.pid").read_text(encoding="utf-8"))
+    step.close()
+    caller.join(timeout=30)
+
+    assert not caller.is_alive()
+    assert len(errors) == 1
+    assert isinstance(errors[0], PipelineStopped)
+    assert "job 1" in str(errors[0])
+    wait_until(lambda: not _process_exists(worker_pid), 30, "the stopped worker to exit")
+    with pytest.raises(PipelineStopped, match="restart the node"):
+        step.warm_up()
+
+
+def test_stop_leaves_interrupted_job_running(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
+    settings = make_settings(tmp_path)
+    job_id = queue_study(session_factory, settings)
+    step = IsolatedPipelineStep(settings, workers=1, step_path=SLEEPING_STEP)
+    runner = JobRunner(settings, session_factory, step, poll_interval_s=0.2)
+    runner.start()
+    try:
+        wait_until(lambda: (tmp_path / "worker.pid").exists(), 120, "the worker to start the job")
+        worker_pid = int((tmp_path / "worker.pid").read_text(encoding="utf-8"))
+    finally:
+        runner.stop(timeout_s=1.0)
+        step.close()
+    wait_until(lambda: not _process_exists(worker_pid), 30, "the stopped worker to exit")
+    # Give the runner's thread time to handle the stopped call before checking.
+    time.sleep(1.0)
+
+    assert job_state(session_factory, job_id) is JobState.RUNNING
+    assert _job(session_factory, job_id).error_message is None
