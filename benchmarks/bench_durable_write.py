@@ -8,8 +8,8 @@ Each case writes ``--size`` random bytes (one 512 x 512 16-bit slice with
 its header) ``--repeat`` times into a temporary folder under ``--folder``
 and prints the median and 90th percentile of one write:
 
-- ``spool``: what :class:`dicom_node.spool.Spool` does: a new temporary file,
-  write, fdatasync, rename into its folder, fsync of that folder;
+- ``spool``: :meth:`dicom_node.spool.Spool.write` itself: a new temporary
+  file, write, fdatasync, rename into its series folder, fsync of that folder;
 - ``new file, fdatasync``: a new file, write and fdatasync only (its name
   is not yet durable);
 - ``journal``: pwrite into a preallocated, already written file and
@@ -30,15 +30,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPOSITORY_ROOT))
+
+from dicom_node.spool import Spool  # noqa: E402
+
 DEFAULT_SIZE = 525_000
-
-
-def _sync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _write_new(path: Path, data: bytes) -> None:
@@ -51,19 +48,10 @@ def _write_new(path: Path, data: bytes) -> None:
 
 
 def spool_case(folder: Path, data: bytes) -> Callable[[int], None]:
-    """Return a write like the spool's: temporary file, fdatasync, rename, folder fsync."""
-    incoming = folder / ".incoming"
-    target_folder = folder / "series"
-    incoming.mkdir()
-    target_folder.mkdir()
-
-    def write(index: int) -> None:
-        temporary = incoming / f"{index}.part"
-        _write_new(temporary, data)
-        os.replace(temporary, target_folder / f"{index}.dcm")
-        _sync_folder(target_folder)
-
-    return write
+    """Return :meth:`Spool.write` of one instance into an existing series folder, as the node does."""
+    spool = Spool(folder, fsync=True)
+    spool.write(spool.instance_path("1.2.3", "1.2.3.4", "1.2.3.4.0"), data)
+    return lambda index: spool.write(spool.instance_path("1.2.3", "1.2.3.4", f"1.2.3.4.{index + 1}"), data)
 
 
 def new_file_case(folder: Path, data: bytes) -> Callable[[int], None]:

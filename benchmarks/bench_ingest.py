@@ -79,8 +79,8 @@ READING_NOTES = [
     "- The C-STORE handler used about 2.7 ms of CPU per image: about 1.0 ms for the SQLite "
     "transaction, 0.65 ms for the spool write, 0.45 ms to parse the dataset and encode the file, "
     "and 0.3 ms for the SHA-256 digest.",
-    "- Durability: `benchmarks/bench_durable_write.py` on the same idle disk took 0.7-1.0 ms (median) "
-    "for write, fdatasync, rename and folder fsync of a 525 KB file, and 0.2-0.4 ms for the SQLite "
+    "- Durability: `benchmarks/bench_durable_write.py` on the same idle disk took 0.9 ms (median) "
+    "for write, fdatasync, rename and folder fsync of a 525 KB file, and 0.1-0.2 ms for the SQLite "
     "commit with synchronous=FULL (section \"Durable write latency\"). That agrees with the gap "
     "between the node's rows with fsync on and off. storescp and Orthanc skip both fsyncs.",
     "- The rest is pynetdicom 3.0.4 itself, as the minimal receiver's row shows: per image, its DUL "
