@@ -48,19 +48,19 @@ def _write_new(path: Path, data: bytes) -> None:
 
 
 def spool_case(folder: Path, data: bytes) -> Callable[[int], None]:
-    """Return :meth:`Spool.write` of one instance into an existing series folder, as the node does."""
+    """Return a function that stores one instance with :meth:`Spool.write` in an existing series folder."""
     spool = Spool(folder, fsync=True)
     spool.write(spool.instance_path("1.2.3", "1.2.3.4", "1.2.3.4.0"), data)
     return lambda index: spool.write(spool.instance_path("1.2.3", "1.2.3.4", f"1.2.3.4.{index + 1}"), data)
 
 
 def new_file_case(folder: Path, data: bytes) -> Callable[[int], None]:
-    """Return a write of a new file with fdatasync and nothing else."""
+    """Return a function that writes a new file with fdatasync and nothing else."""
     return lambda index: _write_new(folder / f"{index}.dcm", data)
 
 
 def journal_case(folder: Path, data: bytes, repeat: int) -> Callable[[int], None]:
-    """Return a pwrite into a preallocated journal file with fdatasync."""
+    """Return a function that writes into a preallocated journal file with pwrite and fdatasync."""
     path = folder / "journal"
     with path.open("wb") as handle:
         handle.write(bytes(len(data) * repeat))
@@ -76,7 +76,7 @@ def journal_case(folder: Path, data: bytes, repeat: int) -> Callable[[int], None
 
 
 def sqlite_case(folder: Path, synchronous: str) -> Callable[[int], None]:
-    """Return one committed insert of a 300-byte row in WAL mode with ``synchronous``."""
+    """Return a function that commits one 300-byte row in WAL mode with ``synchronous``."""
     connection = sqlite3.connect(folder / f"{synchronous}.db", isolation_level=None)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute(f"PRAGMA synchronous={synchronous}")
