@@ -33,8 +33,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_STEP = "dicom_node.study_pipeline:StudyPipeline"
 PARENT_CHECK_INTERVAL_S = 1.0
 
-# The step built in each worker process by _start_worker.
+# The step built in each worker process by _start_worker, or the error that
+# stopped it from being built.
 _worker_step: Any = None
+_worker_error: Exception | None = None
 
 
 class PipelineProcessError(RuntimeError):
@@ -71,13 +73,24 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 
 def _start_worker(step_path: str, settings: Settings, log_level: str, parent_pid: int) -> None:
-    global _worker_step
+    global _worker_step, _worker_error
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="otscc-parent-check", daemon=True).start()
     configure_logging(log_level)
-    _worker_step = load_step_class(step_path)(settings)
+    # An initializer that raises breaks the whole pool, and every call would
+    # then report a crashed worker. The error is kept and raised by each call.
+    try:
+        _worker_step = load_step_class(step_path)(settings)
+    except Exception as exc:  # noqa: BLE001 - raised again by _worker_call
+        _worker_error = exc
+        logger.exception("pipeline step %s could not be built in the worker process", step_path)
 
 
 def _worker_call(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if _worker_error is not None:
+        raise RuntimeError(
+            f"the pipeline step could not be built: {type(_worker_error).__name__}: {_worker_error}; "
+            "fix the configuration and restart the node"
+        )
     return getattr(_worker_step, method)(*args, **kwargs)
 
 

@@ -66,7 +66,15 @@ class ExitingStep:
         os._exit(9)
 
 
+class UnbuildableStep:
+    """A step whose constructor fails, as one with a wrong setting does."""
+
+    def __init__(self, settings: Settings) -> None:
+        raise ValueError("clinical.csv_path /nonexistent.csv not found")
+
+
 REPORT_STEP = f"{__name__}:WorkerReportStep"
+UNBUILDABLE_STEP = f"{__name__}:UnbuildableStep"
 EXITING_STEP = f"{__name__}:ExitingStep"
 SLEEPING_STEP = f"{__name__}:SleepingStep"
 
@@ -234,3 +242,18 @@ def test_stop_leaves_interrupted_job_running(tmp_path: Path, session_factory: se
 
     assert job_state(session_factory, job_id) is JobState.RUNNING
     assert _job(session_factory, job_id).error_message is None
+
+
+def test_unbuildable_step_fails_job_with_cause(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
+    settings = make_settings(tmp_path)
+    job_id = queue_study(session_factory, settings)
+    step = IsolatedPipelineStep(settings, workers=1, step_path=UNBUILDABLE_STEP)
+    try:
+        state = JobRunner(settings, session_factory, step).run_one(job_id)
+    finally:
+        step.close()
+
+    assert state is JobState.FAILED
+    message = _job(session_factory, job_id).error_message
+    assert "could not be built" in message
+    assert "clinical.csv_path /nonexistent.csv not found" in message
