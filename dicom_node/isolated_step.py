@@ -2,12 +2,14 @@
 
 Inference, radiomics and the writers spend most of their time in Python
 code that holds the interpreter lock. In the node's own process they would
-slow every C-STORE that arrives meanwhile, and a crash of a native library
-(TensorFlow, SimpleITK, ITK) or the kernel's out-of-memory killer would stop
-the receiver as well. :class:`IsolatedPipelineStep` keeps the pipeline in
-worker processes of its own: the runner calls it as it would call the step
-itself, and only a :class:`~dicom_node.pipeline_step.JobContext` goes in
-and a :class:`~dicom_node.pipeline_step.StepOutcome` comes back.
+compete with every C-STORE that arrives meanwhile for that lock, and a crash
+of a native library (TensorFlow, SimpleITK, ITK) or the kernel's
+out-of-memory killer would stop the receiver as well.
+:class:`IsolatedPipelineStep` keeps the pipeline in worker processes of its
+own: the runner calls it as it would call the step itself, and only a
+:class:`~dicom_node.pipeline_step.JobContext` goes in and a
+:class:`~dicom_node.pipeline_step.StepOutcome` comes back. Each worker has
+a process pool of its own, so a crash fails only the job that worker ran.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import importlib
 import logging
 import multiprocessing
 import os
+import queue
+import signal
 import threading
 import time
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
@@ -47,6 +51,14 @@ class PipelineStopped(PipelineProcessError):
     """The node stopped the pipeline's workers while a call was running or waiting."""
 
 
+class PipelineStepError(RuntimeError):
+    """An error the pipeline step raised in its worker, other than an :class:`InputError`.
+
+    It carries the original exception's type and message; the traceback is
+    in the worker's log.
+    """
+
+
 def load_step_class(path: str) -> type:
     """Return the class named by ``path``, written ``"package.module:ClassName"``.
 
@@ -74,10 +86,14 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 def _start_worker(step_path: str, settings: Settings, log_level: str, parent_pid: int) -> None:
     global _worker_step, _worker_error
+    # SIGTERM or Ctrl-C sent to the node's process group must not end a job
+    # half way: the node decides when its workers stop (see close()).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="otscc-parent-check", daemon=True).start()
     configure_logging(log_level)
-    # An initializer that raises breaks the whole pool, and every call would
-    # then report a crashed worker. The error is kept and raised by each call.
+    # An initializer that raises breaks the pool, and every call would then
+    # report a crashed worker. The error is kept and raised by each call.
     try:
         _worker_step = load_step_class(step_path)(settings)
     except Exception as exc:  # noqa: BLE001 - raised again by _worker_call
@@ -87,11 +103,27 @@ def _start_worker(step_path: str, settings: Settings, log_level: str, parent_pid
 
 def _worker_call(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if _worker_error is not None:
-        raise RuntimeError(
+        raise PipelineStepError(
             f"the pipeline step could not be built: {type(_worker_error).__name__}: {_worker_error}; "
             "fix the configuration and restart the node"
         )
-    return getattr(_worker_step, method)(*args, **kwargs)
+    try:
+        return getattr(_worker_step, method)(*args, **kwargs)
+    except InputError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - SystemExit included, so the worker stays up
+        # Not every exception pickles, and one that fails to unpickle in the
+        # node would break the pool. The traceback stays in this log; the
+        # node gets the type and the message.
+        logger.exception("pipeline step %s failed in the worker process", method)
+        raise PipelineStepError(f"{type(exc).__name__}: {exc}") from None
+
+
+class _Slot:
+    """One worker process, in a single-worker pool so that its crash touches no other job."""
+
+    def __init__(self) -> None:
+        self.executor: ProcessPoolExecutor | None = None
 
 
 class IsolatedPipelineStep:
@@ -117,26 +149,35 @@ class IsolatedPipelineStep:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}; set inference.workers >= 1")
         self._settings = settings
-        self._workers = workers
         self._step_path = step_path
         self._log_level = log_level or settings.log_level
         self._lock = threading.Lock()
-        self._executor: ProcessPoolExecutor | None = None
         self._closed = False
+        self._slots = [_Slot() for _ in range(workers)]
+        self._free: queue.Queue[_Slot] = queue.Queue()
+        for slot in self._slots:
+            self._free.put(slot)
 
     def warm_up(self) -> None:
         """Start the workers and have each load its model, so the first job does not wait for it."""
-        futures = [self._submit("warm_up", (), {}) for _ in range(self._workers)]
-        for executor, future in futures:
-            self._result(executor, future, "warm-up")
+        slots = [self._free.get() for _ in self._slots]
+        try:
+            calls = [(slot, *self._submit(slot, "warm_up", (), {})) for slot in slots]
+            for slot, executor, future in calls:
+                self._result(slot, executor, future, "warm-up")
+        finally:
+            for slot in slots:
+                self._free.put(slot)
 
     def run(self, context: JobContext) -> StepOutcome:
-        """Run the step on ``context`` in a worker; raise what the step raised.
+        """Run the step on ``context`` in a worker and return its outcome.
 
         Raises
         ------
         InputError
             As the step raises it.
+        PipelineStepError
+            For any other error of the step, with its type and message.
         PipelineProcessError
             If the worker ended during the job, for example killed for memory.
         """
@@ -155,53 +196,74 @@ class IsolatedPipelineStep:
         the interpreter would wait at exit for the worker to finish its job.
         """
         with self._lock:
-            executor, self._executor = self._executor, None
             self._closed = True
-        if executor is None:
-            return
-        # ProcessPoolExecutor has no public way to end busy workers before
-        # Python 3.14 (terminate_workers), so its process table is read here.
-        workers = list((getattr(executor, "_processes", None) or {}).values())
-        executor.shutdown(wait=False, cancel_futures=True)
-        for process in workers:
-            if process.is_alive():
-                process.terminate()
+            executors = [slot.executor for slot in self._slots if slot.executor is not None]
+            for slot in self._slots:
+                slot.executor = None
+        for executor in executors:
+            # ProcessPoolExecutor has no public way to end busy workers before
+            # Python 3.14 (terminate_workers), so its process table is read
+            # here. Workers ignore SIGTERM, so they get SIGKILL.
+            workers = list((getattr(executor, "_processes", None) or {}).values())
+            executor.shutdown(wait=False, cancel_futures=True)
+            for process in workers:
+                if process.is_alive():
+                    process.kill()
 
     def _call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], activity: str) -> Any:
-        executor, future = self._submit(method, args, kwargs)
-        return self._result(executor, future, activity)
+        slot = self._free.get()
+        try:
+            executor, future = self._submit(slot, method, args, kwargs)
+            return self._result(slot, executor, future, activity)
+        finally:
+            self._free.put(slot)
 
-    def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[ProcessPoolExecutor, Future[Any]]:
+    def _submit(
+        self, slot: _Slot, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[ProcessPoolExecutor, Future[Any]]:
+        # A worker that ended while idle (killed for memory, say) leaves a
+        # broken pool. Nothing of this call ran yet, so it goes to a new one.
+        for _attempt in range(2):
+            executor = self._executor(slot, method)
+            try:
+                return executor, executor.submit(_worker_call, method, args, kwargs)
+            except BrokenProcessPool:
+                logger.warning("pipeline worker process had ended while idle; starting a new one")
+                self._discard(slot, executor)
+            except RuntimeError as exc:
+                # submit() after shutdown(): close() ran in between.
+                raise PipelineStopped(f"the pipeline is stopped, so {method} cannot run; restart the node") from exc
+        raise PipelineProcessError(f"no pipeline worker process could be started for {method}; see the log above")
+
+    def _executor(self, slot: _Slot, method: str) -> ProcessPoolExecutor:
         with self._lock:
             if self._closed:
                 raise PipelineStopped(f"the pipeline is stopped, so {method} cannot run; restart the node")
-            if self._executor is None:
-                self._executor = ProcessPoolExecutor(
-                    max_workers=self._workers,
+            if slot.executor is None:
+                slot.executor = ProcessPoolExecutor(
+                    max_workers=1,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_start_worker,
                     initargs=(self._step_path, self._settings, self._log_level, os.getpid()),
                 )
-            executor = self._executor
-        return executor, executor.submit(_worker_call, method, args, kwargs)
+            return slot.executor
 
-    def _result(self, executor: ProcessPoolExecutor, future: Future[Any], activity: str) -> Any:
+    def _result(self, slot: _Slot, executor: ProcessPoolExecutor, future: Future[Any], activity: str) -> Any:
         try:
             return future.result()
         except (BrokenProcessPool, CancelledError) as exc:
             if self._closed:
                 raise PipelineStopped(f"the node stopped the pipeline during {activity}") from exc
             logger.error("pipeline worker process ended during %s; a new one starts with the next call", activity)
-            self._discard(executor)
+            self._discard(slot, executor)
             raise PipelineProcessError(
                 f"the pipeline worker process ended during {activity}, for example killed for lack of memory "
                 "or by a crash in a native library; see the system log, then retry the job"
             ) from exc
 
-    def _discard(self, executor: ProcessPoolExecutor) -> None:
+    def _discard(self, slot: _Slot, executor: ProcessPoolExecutor) -> None:
         # A broken pool accepts no more work, so the next call starts a new one.
         with self._lock:
-            if self._executor is executor:
-                self._executor = None
+            if slot.executor is executor:
+                slot.executor = None
         executor.shutdown(wait=False, cancel_futures=True)
-

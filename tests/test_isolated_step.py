@@ -55,6 +55,35 @@ class SleepingStep(WorkerReportStep):
         raise AssertionError("the sleeping step was not stopped")
 
 
+class UnpicklableError(Exception):
+    """An exception whose constructor takes two arguments, so unpickling it from its args fails."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class TwoJobStep(WorkerReportStep):
+    """A step that ends its process for job 1 and returns a report for any other job after a pause."""
+
+    def run(self, context: JobContext) -> StepOutcome:
+        """Exit for job 1; otherwise wait for the pid file of job 1's worker to vanish, then report."""
+        if context.job_id == 1:
+            (self.pid_file.parent / "job1.pid").write_text(str(os.getpid()), encoding="utf-8")
+            time.sleep(2.0)
+            os._exit(9)
+        time.sleep(4.0)
+        return StepOutcome(result_summary={"worker_pid": os.getpid()})
+
+
+class RaisingStep(WorkerReportStep):
+    """A step that raises an exception that does not pickle back from its arguments."""
+
+    def run(self, context: JobContext) -> StepOutcome:
+        """Raise :class:`UnpicklableError`."""
+        raise UnpicklableError("model output has NaN", "slice 12")
+
+
 class ExitingStep:
     """A step whose process ends abruptly, as one killed for memory does."""
 
@@ -77,6 +106,8 @@ REPORT_STEP = f"{__name__}:WorkerReportStep"
 UNBUILDABLE_STEP = f"{__name__}:UnbuildableStep"
 EXITING_STEP = f"{__name__}:ExitingStep"
 SLEEPING_STEP = f"{__name__}:SleepingStep"
+TWO_JOB_STEP = f"{__name__}:TwoJobStep"
+RAISING_STEP = f"{__name__}:RaisingStep"
 
 
 def _job(session_factory: sessionmaker[Session], job_id: int) -> Job:
@@ -84,11 +115,13 @@ def _job(session_factory: sessionmaker[Session], job_id: int) -> Job:
         return session.get(Job, job_id)
 
 
-def _run_in_worker(tmp_path: Path, session_factory: sessionmaker[Session], **study_options: object) -> tuple[int, JobState]:
+def _run_in_worker(
+    tmp_path: Path, session_factory: sessionmaker[Session], *, step_path: str = REPORT_STEP, **study_options: object
+) -> tuple[int, JobState]:
     """Queue a study, run its job through a worker process and return the job id and end state."""
     settings = make_settings(tmp_path)
     job_id = queue_study(session_factory, settings, **study_options)
-    step = IsolatedPipelineStep(settings, workers=1, step_path=REPORT_STEP)
+    step = IsolatedPipelineStep(settings, workers=1, step_path=step_path)
     try:
         return job_id, JobRunner(settings, session_factory, step).run_one(job_id)
     finally:
@@ -133,19 +166,21 @@ def test_crashed_worker_fails_the_job_and_is_replaced(tmp_path: Path, session_fa
     assert f"job {first}" in job.error_message
 
 
-def test_worker_recovers_after_a_crash(tmp_path: Path) -> None:
+def test_idle_worker_killed_is_replaced(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     step = IsolatedPipelineStep(settings, workers=1, step_path=REPORT_STEP)
     try:
         step.warm_up()
         first_pid = int((tmp_path / "worker.pid").read_text(encoding="utf-8"))
         os.kill(first_pid, signal.SIGKILL)
-        with pytest.raises(PipelineProcessError, match="ended during warm-up"):
-            step.warm_up()
+        # Wait until the pool has noticed, so the next call meets a broken pool.
+        executor = step._slots[0].executor
+        wait_until(lambda: executor._broken, 30, "the pool to notice the killed worker")
         step.warm_up()
         second_pid = int((tmp_path / "worker.pid").read_text(encoding="utf-8"))
     finally:
         step.close()
+
     assert second_pid != first_pid
 
 
@@ -196,10 +231,9 @@ def test_step_path_must_name_a_class() -> None:
         load_step_class("tests.no_such_module:Step")
 
 
-def test_close_ends_a_running_call(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    step = IsolatedPipelineStep(settings, workers=1, step_path=SLEEPING_STEP)
-    context = JobContext(job_id=1, run_number=1, study_instance_uid="1.2.3", series={}, settings=settings)
+def _run_in_thread(step: IsolatedPipelineStep, settings: Settings, *, job_id: int) -> tuple[threading.Thread, list[BaseException]]:
+    """Start ``step.run`` for a job without series in a thread; return the thread and the errors it will collect."""
+    context = JobContext(job_id=job_id, run_number=1, study_instance_uid="1.2.3", series={}, settings=settings)
     errors: list[BaseException] = []
 
     def call() -> None:
@@ -210,6 +244,13 @@ def test_close_ends_a_running_call(tmp_path: Path) -> None:
 
     caller = threading.Thread(target=call)
     caller.start()
+    return caller, errors
+
+
+def test_close_ends_a_running_call(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    step = IsolatedPipelineStep(settings, workers=1, step_path=SLEEPING_STEP)
+    caller, errors = _run_in_thread(step, settings, job_id=1)
     wait_until(lambda: (tmp_path / "worker.pid").exists(), 120, "the worker to start the job")
     worker_pid = int((tmp_path / "worker.pid").read_text(encoding="utf-8"))
     step.close()
@@ -230,30 +271,79 @@ def test_stop_leaves_interrupted_job_running(tmp_path: Path, session_factory: se
     step = IsolatedPipelineStep(settings, workers=1, step_path=SLEEPING_STEP)
     runner = JobRunner(settings, session_factory, step, poll_interval_s=0.2)
     runner.start()
+    threads = list(runner._threads)
     try:
         wait_until(lambda: (tmp_path / "worker.pid").exists(), 120, "the worker to start the job")
-        worker_pid = int((tmp_path / "worker.pid").read_text(encoding="utf-8"))
     finally:
         runner.stop(timeout_s=1.0)
         step.close()
-    wait_until(lambda: not _process_exists(worker_pid), 30, "the stopped worker to exit")
-    # Give the runner's thread time to handle the stopped call before checking.
-    time.sleep(1.0)
+    for thread in threads:
+        thread.join(timeout=30)
 
+    assert not any(thread.is_alive() for thread in threads)
     assert job_state(session_factory, job_id) is JobState.RUNNING
     assert _job(session_factory, job_id).error_message is None
 
 
 def test_unbuildable_step_fails_job_with_cause(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
-    settings = make_settings(tmp_path)
-    job_id = queue_study(session_factory, settings)
-    step = IsolatedPipelineStep(settings, workers=1, step_path=UNBUILDABLE_STEP)
-    try:
-        state = JobRunner(settings, session_factory, step).run_one(job_id)
-    finally:
-        step.close()
+    job_id, state = _run_in_worker(tmp_path, session_factory, step_path=UNBUILDABLE_STEP)
 
     assert state is JobState.FAILED
     message = _job(session_factory, job_id).error_message
     assert "could not be built" in message
     assert "clinical.csv_path /nonexistent.csv not found" in message
+
+
+def test_worker_ignores_sigterm_during_job(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    step = IsolatedPipelineStep(settings, workers=1, step_path=SLEEPING_STEP)
+    caller, errors = _run_in_thread(step, settings, job_id=3)
+    try:
+        wait_until(lambda: (tmp_path / "worker.pid").exists(), 120, "the worker to start the job")
+        worker_pid = int((tmp_path / "worker.pid").read_text(encoding="utf-8"))
+        os.kill(worker_pid, signal.SIGTERM)
+        os.kill(worker_pid, signal.SIGINT)
+        # The default action of either signal would end the process at once.
+        time.sleep(2.0)
+        assert _process_exists(worker_pid)
+    finally:
+        step.close()
+        caller.join(timeout=30)
+
+    assert not caller.is_alive()
+    assert [type(error) for error in errors] == [PipelineStopped]
+
+
+def test_crash_spares_other_worker_job(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    step = IsolatedPipelineStep(settings, workers=2, step_path=TWO_JOB_STEP)
+    results: dict[int, object] = {}
+
+    def run(job_id: int) -> None:
+        context = JobContext(job_id=job_id, run_number=1, study_instance_uid="1.2.3", series={}, settings=settings)
+        try:
+            results[job_id] = step.run(context)
+        except PipelineProcessError as exc:
+            results[job_id] = exc
+
+    threads = [threading.Thread(target=run, args=(job_id,)) for job_id in (1, 2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=180)
+    finally:
+        step.close()
+
+    assert isinstance(results[1], PipelineProcessError)
+    assert isinstance(results[2], StepOutcome)
+    assert results[2].result_summary["worker_pid"] != int((tmp_path / "job1.pid").read_text(encoding="utf-8"))
+
+
+def test_step_error_crosses_as_type_and_message(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
+    job_id, state = _run_in_worker(tmp_path, session_factory, step_path=RAISING_STEP)
+
+    assert state is JobState.FAILED
+    # A broken pool would have been reported as an ended worker instead.
+    message = _job(session_factory, job_id).error_message
+    assert message == "PipelineStepError: UnpicklableError: model output has NaN"
