@@ -154,8 +154,12 @@ def _run_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _warm_up(step: Any) -> None:
+    from dicom_node.isolated_step import PipelineStopped
+
     try:
         step.warm_up()
+    except PipelineStopped:
+        logger.info("model warm-up ended because the node is stopping")
     except Exception as exc:  # noqa: BLE001 - reported here; each job reports it again
         logger.error("segmentation model cannot be loaded: %s; jobs fail until it is fixed", exc)
 

@@ -15,17 +15,24 @@ import sys
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-# pynetdicom 3.0 logs two ERROR lines whenever an outgoing connection is
-# refused. The outbox logs each failed attempt itself, with the destination
-# and the next retry, so above DEBUG these two lines are dropped.
-_CONNECT_FAILURE_PREFIXES = ("Association request failed: unable to connect", "TCP Initialisation Error")
+# pynetdicom 3.0 logs two ERROR lines whenever an outgoing connection fails.
+# The sender and the outbox log each failed attempt themselves, with the
+# destination and the next retry, so above DEBUG the generic line is dropped
+# always, and the one with the socket error only when the peer refused the
+# connection (a destination that is down). Timeouts and routing errors keep it.
+_GENERIC_CONNECT_FAILURE = "Association request failed: unable to connect"
+_SOCKET_ERROR = "TCP Initialisation Error"
+_REFUSED = "Connection refused"
 
 
 class _ConnectFailureFilter(logging.Filter):
-    """A filter that drops pynetdicom's own lines about a refused outgoing connection."""
+    """A filter that drops pynetdicom's lines about a refused outgoing connection."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(_CONNECT_FAILURE_PREFIXES)
+        message = record.getMessage()
+        if message.startswith(_GENERIC_CONNECT_FAILURE):
+            return False
+        return not (message.startswith(_SOCKET_ERROR) and _REFUSED in message)
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -257,3 +257,21 @@ def test_debug_keeps_pynetdicom_connect_errors(tmp_path: Path, node_logging: _Re
 
     messages = [record.getMessage() for record in records if record.name == "pynetdicom.transport"]
     assert any(message.startswith("TCP Initialisation Error") for message in messages)
+
+
+@pytest.mark.parametrize(
+    ("message", "kept"),
+    [
+        ("Association request failed: unable to connect to remote", False),
+        ("TCP Initialisation Error: [Errno 111] Connection refused", False),
+        ("TCP Initialisation Error: timed out", True),
+        ("TCP Initialisation Error: [Errno 113] No route to host", True),
+    ],
+)
+def test_connect_filter_keeps_other_socket_errors(node_logging: _Records, message: str, kept: bool) -> None:
+    configure_logging("INFO")
+    logging.getLogger().addHandler(node_logging)
+
+    logging.getLogger("pynetdicom.transport").error(message)
+
+    assert [record.getMessage() for record in node_logging.records] == ([message] if kept else [])
