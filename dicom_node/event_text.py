@@ -7,7 +7,8 @@ matches the sentence the node wrote and fills its Chinese form with the
 same values. Values inside a reason stay as they are: destination and AE
 names, series descriptions, DICOM role names (CE-T1, T2, T1), and the
 messages of peers and of the pipeline, which come from outside this table.
-A reason that matches no pattern is shown unchanged.
+Job states inside a reason take the dashboard's Chinese state names. A
+reason that matches no pattern is shown unchanged.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ _CHINESE: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"picked up by worker", "工作进程已开始处理"),
         (r"node restarted while the job was running; queued again", "任务运行期间节点重启，已重新排队"),
         (rf"node restarted during delivery to {_DESTINATION}; sending again", "向 {destination} 发送期间节点重启，重新发送"),
-        (r"(?P<count>\d+) pending deliveries cancelled: (?P<nested>.*)", "已取消 {count} 个待发送任务：{nested}"),
+        (r"(?P<count>\d+) pending deliveries cancelled: (?P<nested>.*)", "已取消 {count} 项待完成的发送：{nested}"),
         (r"superseded by job (?P<job>\d+) \(run (?P<run>\d+)\)", "已被任务 {job}（第 {run} 次运行）取代"),
-        (r"job (?P<job>\d+) finished a newer run while this one was still running", "任务 {job} 的较新运行在本任务运行期间已完成"),
+        (r"job (?P<job>\d+) finished a newer run while this one was still running", "较新的运行（任务 {job}）已在本任务仍在运行时完成"),
         (r"delivery failed for (?P<destinations>.+)", "发送失败：{destinations}"),
         (r"results delivered to every destination", "结果已发送到所有目的地"),
         (rf"delivery to {_DESTINATION} cancelled: job is (?P<state>\w+)", "已取消向 {destination} 的发送：任务状态为 {state}"),
@@ -58,12 +59,24 @@ _CHINESE: tuple[tuple[re.Pattern[str], str], ...] = tuple(
             "在最后一个实例之后 {seconds} 秒内未收到所需序列 {roles}：{message}",
         ),
         (r"(?P<role>CE-T1|T2|T1) missing(?P<rest>(; .*)?)", "缺少 {role}{rest}"),
+        (r"Series (?P<series>.+?): (?P<message>.*)", "序列 {series}：{message}"),
+        (
+            r"series roles of the study could not be evaluated: (?P<message>.*)",
+            "无法判定本检查各序列的角色：{message}",
+        ),
         (r"retry requested by (?P<actor>.+)", "{actor} 请求重新处理"),
         (r"cancelled by (?P<actor>.+)", "已被 {actor} 取消"),
     )
 )
 
 _TRANSLATORS = {"zh-CN": _CHINESE}
+
+
+def _state_name(state: str, language: str) -> str:
+    # Imported here: the dashboard package imports this module when it loads.
+    from dicom_node.dashboard.i18n import CATALOGUES
+
+    return CATALOGUES.get(language, {}).get(f"state.{state}", state)
 
 
 def event_reason(reason: str, language: str) -> str:
@@ -79,6 +92,8 @@ def event_reason(reason: str, language: str) -> str:
         if match is None:
             continue
         values = {name: value or "" for name, value in match.groupdict().items()}
+        if "state" in values:
+            values["state"] = _state_name(values["state"], language)
         if "nested" in values:
             values["nested"] = event_reason(values["nested"], language)
         if values.get("rest"):

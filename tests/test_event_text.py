@@ -1,4 +1,8 @@
-"""Job event reasons in Simplified Chinese: every sentence the node writes has a Chinese form."""
+"""Job event reasons in Simplified Chinese: each reason literal of the event-writing modules has a Chinese form.
+
+Reasons passed as variables (study assembly failures, messages) are covered
+by the table of examples instead.
+"""
 
 from __future__ import annotations
 
@@ -79,7 +83,16 @@ def test_every_node_reason_has_chinese_form(reason: str) -> None:
             "study not complete yet: CE-T1 missing; T1 missing; waiting up to 600 s after the last instance",
             "检查尚不完整：缺少 CE-T1；缺少 T1；最后一个实例之后最多等待 600 秒",
         ),
-        ("2 pending deliveries cancelled: retry requested by admin", "已取消 2 个待发送任务：admin 请求重新处理"),
+        ("2 pending deliveries cancelled: retry requested by admin", "已取消 2 项待完成的发送：admin 请求重新处理"),
+        ("delivery to pacs cancelled: job is superseded", "已取消向 pacs 的发送：任务状态为 已被取代"),
+        (
+            "Series 5 'T1 SE axial': slice gap of 12.0 mm between positions 30.0 and 42.0",
+            "序列 5 'T1 SE axial'：slice gap of 12.0 mm between positions 30.0 and 42.0",
+        ),
+        (
+            "series roles of the study could not be evaluated: KeyError: 'SeriesNumber'",
+            "无法判定本检查各序列的角色：KeyError: 'SeriesNumber'",
+        ),
         (
             "force-complete requested by admin: Required series T1 not received within 0 s of the last instance: "
             "no series matched",
