@@ -82,7 +82,8 @@ def add_jobs_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "jobs",
         help="list jobs, newest first, with their delivery state per destination",
         description="List jobs, newest first, with their delivery state per destination. DURATION runs from "
-        "the job's start to its end, deliveries and their retries included, or to now while it runs or delivers.",
+        "the job's start until it ends (a job that sends results ends once they are delivered), or to now while it "
+        "runs or delivers.",
     )
     _add_settings_options(parser)
     parser.add_argument(
