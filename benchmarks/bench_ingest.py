@@ -82,8 +82,9 @@ READING_NOTES = [
     "and 0.3 ms for the SHA-256 digest.",
     "- Durability: `benchmarks/bench_durable_write.py` on the same idle disk took 0.9 ms (median) "
     "for write, fdatasync, rename and folder fsync of a 525 KB file, and 0.1-0.2 ms for the SQLite "
-    "commit with synchronous=FULL (section \"Durable write latency\"). That agrees with the gap "
-    "between the node's rows with fsync on and off. storescp and Orthanc skip both fsyncs.",
+    "commit with synchronous=FULL (section \"Durable write latency\"). The node's rows with fsync on "
+    "and off differ by no more than that, within the noise between runs. storescp and Orthanc skip "
+    "both fsyncs.",
     "- The rest is pynetdicom 3.0.4 itself, as the minimal receiver's rows show: per image, its DUL "
     "and association threads decode each PDU in Python and poll with 1 ms sleeps "
     "(dul.py, association.py).",
