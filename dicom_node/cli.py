@@ -128,10 +128,10 @@ def _run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from dicom_node.app import Node
     from dicom_node.isolated_step import IsolatedPipelineStep
 
-    # The pipeline runs in worker processes, so inference neither slows the
-    # SCP nor takes it down if it crashes. Loading TensorFlow and the model
-    # takes seconds; the SCP accepts studies meanwhile, and the first job
-    # waits for the model.
+    # The pipeline runs in worker processes, so inference does not share the
+    # SCP's interpreter and cannot take it down if it crashes. Loading
+    # TensorFlow and the model takes seconds. The SCP accepts studies
+    # meanwhile, and the first job waits for the model.
     step = IsolatedPipelineStep(settings, workers=settings.inference.workers)
     threading.Thread(target=_warm_up, args=(step,), name="otscc-warm-up", daemon=True).start()
     try:

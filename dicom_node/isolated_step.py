@@ -119,6 +119,10 @@ def _worker_call(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         raise PipelineStepError(f"{type(exc).__name__}: {exc}") from None
 
 
+def _stopped(method: str) -> PipelineStopped:
+    return PipelineStopped(f"the pipeline is stopped, so {method} cannot run; restart the node")
+
+
 class _Slot:
     """One worker process, in a single-worker pool so that its crash touches no other job."""
 
@@ -232,13 +236,13 @@ class IsolatedPipelineStep:
                 self._discard(slot, executor)
             except RuntimeError as exc:
                 # submit() after shutdown(): close() ran in between.
-                raise PipelineStopped(f"the pipeline is stopped, so {method} cannot run; restart the node") from exc
+                raise _stopped(method) from exc
         raise PipelineProcessError(f"no pipeline worker process could be started for {method}; see the log above")
 
     def _executor(self, slot: _Slot, method: str) -> ProcessPoolExecutor:
         with self._lock:
             if self._closed:
-                raise PipelineStopped(f"the pipeline is stopped, so {method} cannot run; restart the node")
+                raise _stopped(method)
             if slot.executor is None:
                 slot.executor = ProcessPoolExecutor(
                     max_workers=1,

@@ -16,13 +16,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 # pynetdicom 3.0 logs two ERROR lines whenever an outgoing connection fails.
-# The sender and the outbox log each failed attempt themselves, with the
-# destination and the next retry, so above DEBUG the generic line is dropped
-# always, and the one with the socket error only when the peer refused the
-# connection (a destination that is down). Timeouts and routing errors keep it.
+# The sender and the outbox log each failed attempt with the destination and
+# the next retry. So above DEBUG the generic line is always dropped, and the
+# socket error line only when the peer refused the connection, as a stopped
+# destination does. Timeouts and routing errors keep it.
 _GENERIC_CONNECT_FAILURE = "Association request failed: unable to connect"
 _SOCKET_ERROR = "TCP Initialisation Error"
-_REFUSED = "Connection refused"
+_CONNECTION_REFUSED = "Connection refused"
 
 
 class _ConnectFailureFilter(logging.Filter):
@@ -32,7 +32,7 @@ class _ConnectFailureFilter(logging.Filter):
         message = record.getMessage()
         if message.startswith(_GENERIC_CONNECT_FAILURE):
             return False
-        return not (message.startswith(_SOCKET_ERROR) and _REFUSED in message)
+        return not (message.startswith(_SOCKET_ERROR) and _CONNECTION_REFUSED in message)
 
 
 def configure_logging(level: str = "INFO") -> None:

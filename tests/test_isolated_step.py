@@ -137,7 +137,7 @@ def test_job_runs_in_a_worker_process(tmp_path: Path, session_factory: sessionma
     assert summary["worker_pid"] != os.getpid()
 
 
-def test_input_error_crosses_the_process_boundary(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
+def test_input_error_crosses_processes(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
     job_id, state = _run_in_worker(tmp_path, session_factory, roles=("t2", "t1"))
 
     assert state is JobState.FAILED_INPUT
@@ -146,7 +146,7 @@ def test_input_error_crosses_the_process_boundary(tmp_path: Path, session_factor
     assert job.hint == "send the contrast-enhanced T1 series"
 
 
-def test_crashed_worker_fails_the_job_and_is_replaced(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
+def test_crashed_worker_fails_job(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
     settings = make_settings(tmp_path)
     crashing = IsolatedPipelineStep(settings, workers=1, step_path=EXITING_STEP)
     first = queue_study(session_factory, settings)
@@ -189,7 +189,7 @@ def _process_exists(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # A zombie still answers signal 0; its state letter in /proc tells.
+    # A zombie process still accepts signal 0, so its state letter in /proc decides.
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
 
@@ -265,7 +265,7 @@ def test_close_ends_a_running_call(tmp_path: Path) -> None:
         step.warm_up()
 
 
-def test_stop_leaves_interrupted_job_running(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
+def test_stop_leaves_job_running(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
     settings = make_settings(tmp_path)
     job_id = queue_study(session_factory, settings)
     step = IsolatedPipelineStep(settings, workers=1, step_path=SLEEPING_STEP)
@@ -285,7 +285,7 @@ def test_stop_leaves_interrupted_job_running(tmp_path: Path, session_factory: se
     assert _job(session_factory, job_id).error_message is None
 
 
-def test_unbuildable_step_fails_job_with_cause(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
+def test_unbuildable_step_fails_job(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
     job_id, state = _run_in_worker(tmp_path, session_factory, step_path=UNBUILDABLE_STEP)
 
     assert state is JobState.FAILED
@@ -340,7 +340,7 @@ def test_crash_spares_other_worker_job(tmp_path: Path) -> None:
     assert results[2].result_summary["worker_pid"] != int((tmp_path / "job1.pid").read_text(encoding="utf-8"))
 
 
-def test_step_error_crosses_as_type_and_message(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
+def test_step_error_keeps_type_message(tmp_path: Path, session_factory: sessionmaker[Session]) -> None:
     job_id, state = _run_in_worker(tmp_path, session_factory, step_path=RAISING_STEP)
 
     assert state is JobState.FAILED
